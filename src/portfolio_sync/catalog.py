@@ -1,0 +1,333 @@
+"""The user's portfolio table (SQLite or PostgreSQL) and our own bookkeeping tables.
+
+Every write to the user's table is a compare-and-set against the value read before the
+storage listing started (architecture invariant 1), so a concurrent writer always wins
+over a stale listing. Statements are generated per dialect rather than through SQLAlchemy
+expressions: the bulk pass runs them tens of thousands of times and the PostgreSQL batch
+form (`UPDATE … FROM (VALUES …)`) needs explicit casts per column type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from portfolio_sync import schema
+from portfolio_sync.errors import CatalogError, ConfigError
+from portfolio_sync.models import Plan, Row
+
+if TYPE_CHECKING:
+    from portfolio_sync.config import Settings
+
+logger = logging.getLogger(__name__)
+
+ColumnKind = Literal["array", "jsonb", "json", "jsontext"]
+KeyKind = Literal["int", "uuid", "text"]
+_INT = re.compile(r"^-?[0-9]+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImagesColumn:
+    name: str
+    kind: ColumnKind
+    sql_type: str  # as the dialect spells it, for casts
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine with the settings the sync needs; SQLite gets WAL so a long read and
+    the batched writes of a bulk pass can overlap (and so the app keeps writing meanwhile).
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+class Catalog:
+    """Reads and compare-and-set writes of the portfolio table, plus our own tables."""
+
+    def __init__(self, engine: sa.Engine, *, table: str, key_column: str, columns: Sequence[str]):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(f"database {self.dialect!r} is not supported")
+        schema_name, _, table_name = table.rpartition(".")
+        self.table_name = table
+        quote = engine.dialect.identifier_preparer.quote
+        self._table_sql = (
+            f"{quote(schema_name)}.{quote(table_name)}" if schema_name else quote(table_name)
+        )
+        try:
+            reflected = sa.Table(
+                table_name, sa.MetaData(), autoload_with=engine, schema=schema_name or None
+            )
+        except sa.exc.NoSuchTableError:
+            raise CatalogError(f"table {table!r} does not exist in {self.describe()}") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogError(f"cannot read table {table!r}: {exc}") from exc
+        if key_column not in reflected.c:
+            raise ConfigError(f"table {table!r} has no key column {key_column!r}")
+        self.key_kind = _key_kind(reflected.c[key_column].type)
+        self._key_sql = quote(key_column)
+        self._key_type = reflected.c[key_column].type.compile(dialect=engine.dialect)
+        missing = [c for c in columns if c not in reflected.c]
+        if missing:
+            raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
+        self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
+        self._quote = quote
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def open(cls, settings: Settings, columns: Sequence[str]) -> Catalog:
+        engine = create_engine(settings.database_url)
+        try:
+            return cls(
+                engine, table=settings.table, key_column=settings.key_column, columns=columns
+            )
+        except BaseException:
+            engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def describe(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _images_column(self, name: str, col_type: sa.types.TypeEngine[Any]) -> ImagesColumn:
+        sql_type = col_type.compile(dialect=self.engine.dialect)
+        kind: ColumnKind
+        if self.dialect == "postgresql" and isinstance(col_type, sa.ARRAY):
+            if not isinstance(col_type.item_type, sa.String):
+                raise ConfigError(f"column {name!r} is {sql_type}; expected text[]")
+            kind = "array"
+        elif self.dialect == "postgresql" and isinstance(col_type, postgresql.JSONB):
+            kind = "jsonb"
+        elif self.dialect == "postgresql" and isinstance(col_type, sa.JSON):
+            kind = "json"
+        elif isinstance(col_type, sa.String | sa.JSON) or self.dialect == "sqlite":
+            kind = "jsontext"
+        else:
+            raise ConfigError(
+                f"column {name!r} is {sql_type}; expected text[], jsonb, json or JSON text"
+            )
+        return ImagesColumn(name=name, kind=kind, sql_type=sql_type)
+
+    # ---- keys and values ------------------------------------------------------------------
+    def key_value(self, key: str) -> Any | None:
+        """The key column value for a folder name, or None if no row could have it."""
+        if self.key_kind == "int":
+            return int(key) if _INT.match(key) and str(int(key)) == key else None
+        if self.key_kind == "uuid":
+            try:
+                return key if str(uuid.UUID(key)) == key else None
+            except ValueError:
+                return None
+        return key
+
+    def _select_list(self) -> str:
+        parts = [self._key_sql]
+        for col in self.columns:
+            q = self._quote(col.name)
+            parts.append(f"CAST({q} AS TEXT)" if col.kind in ("json", "jsonb") else q)
+        return ", ".join(parts)
+
+    def _row(self, record: Sequence[Any]) -> Row:
+        key_value = record[0]
+        raw = tuple(record[1:])
+        values: list[list[str] | None] = []
+        invalid: str | None = None
+        for col, value in zip(self.columns, raw, strict=True):
+            try:
+                values.append(_decode(col, value))
+            except ValueError as exc:
+                values.append(None)
+                invalid = f"column {col.name}: {exc}"
+        return Row(
+            key=str(key_value), key_value=key_value, values=tuple(values), raw=raw, invalid=invalid
+        )
+
+    # ---- reads ------------------------------------------------------------------------------
+    def read_row(self, key: str) -> Row | None:
+        value = self.key_value(key)
+        if value is None:
+            return None
+        sql = f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = :k"
+        with self._connect() as conn:
+            record = conn.execute(sa.text(sql), {"k": value}).first()
+        return None if record is None else self._row(record)
+
+    @contextmanager
+    def stream_rows(self) -> Iterator[Iterator[Row]]:
+        """All rows in `storage.folder_order` of their key, read from one snapshot.
+
+        The statement starts (and on PostgreSQL takes its snapshot) when this context is
+        entered, i.e. before the caller starts listing storage: every value the bulk pass
+        compares against predates its listing, as invariant 1 requires.
+        """
+        collate = ' COLLATE "C"' if self.dialect == "postgresql" else ""
+        sql = (
+            f"SELECT {self._select_list()} FROM {self._table_sql} "
+            f"ORDER BY (CAST({self._key_sql} AS TEXT) || '/'){collate}"
+        )
+        with self._connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=2000).execute(
+                sa.text(sql)
+            )
+            try:
+                first = result.fetchone()  # forces the snapshot now
+                yield self._iter_rows(first, result)
+            finally:
+                result.close()
+
+    def _iter_rows(self, first: Any, result: sa.CursorResult[Any]) -> Iterator[Row]:
+        if first is None:
+            return
+        yield self._row(first)
+        try:
+            for record in result:
+                yield self._row(record)
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+
+    def count_rows(self) -> int:
+        with self._connect() as conn:
+            return int(
+                conn.execute(sa.text(f"SELECT count(*) FROM {self._table_sql}")).scalar_one()
+            )
+
+    # ---- writes -----------------------------------------------------------------------------
+    def apply(
+        self, plans: Sequence[Plan], *, trigger: str, durations: dict[str, float] | None = None
+    ) -> set[str]:
+        """Compare-and-set every plan in one transaction; returns the keys written.
+
+        A plan whose row changed since it was read is skipped (not an error): the caller
+        re-reads and re-lists it. History and state rows of the written keys are recorded
+        in the same transaction, so history never claims a write that did not happen.
+        """
+        if not plans:
+            return set()
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    written = self._cas_postgres(conn, plans)
+                else:
+                    written = self._cas_sqlite(conn, plans)
+                done = [p for p in plans if p.key in written]
+                schema.record_writes(conn, done, trigger=trigger, durations=durations or {})
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+        return written
+
+    def _encode(self, col: ImagesColumn, value: list[str] | None) -> Any:
+        if value is None or col.kind == "array":
+            return value
+        return json.dumps(value, ensure_ascii=False)
+
+    def _cas_sqlite(self, conn: sa.Connection, plans: Sequence[Plan]) -> set[str]:
+        sets = ", ".join(f"{self._quote(c.name)} = :n{i}" for i, c in enumerate(self.columns))
+        checks = " AND ".join(f"{self._quote(c.name)} IS :e{i}" for i, c in enumerate(self.columns))
+        sql = sa.text(
+            f"UPDATE {self._table_sql} SET {sets} WHERE {self._key_sql} = :k AND {checks}"
+        )
+        written = set()
+        for plan in plans:
+            params: dict[str, Any] = {"k": plan.key_value}
+            for i, col in enumerate(self.columns):
+                params[f"n{i}"] = self._encode(col, plan.new[i])
+                params[f"e{i}"] = plan.expected[i]
+            if conn.execute(sql, params).rowcount == 1:
+                written.add(plan.key)
+        return written
+
+    def _cas_postgres(self, conn: sa.Connection, plans: Sequence[Plan]) -> set[str]:
+        cols = self.columns
+        names = ["k"] + [f"{p}{i}" for i in range(len(cols)) for p in ("e", "n")]
+        rows_sql = []
+        params: dict[str, Any] = {}
+        for r, plan in enumerate(plans):
+            cells = [f"CAST(:k_{r} AS {self._key_type})"]
+            params[f"k_{r}"] = plan.key_value
+            for i, col in enumerate(cols):
+                cast = "jsonb" if col.kind in ("json", "jsonb") else col.sql_type
+                cells.append(f"CAST(:e{i}_{r} AS {cast})")
+                cells.append(f"CAST(:n{i}_{r} AS {cast})")
+                params[f"e{i}_{r}"] = plan.expected[i]
+                params[f"n{i}_{r}"] = self._encode(col, plan.new[i])
+            rows_sql.append(f"({', '.join(cells)})")
+        sets = ", ".join(
+            f"{self._quote(c.name)} = CAST(v.n{i} AS {c.sql_type})" for i, c in enumerate(cols)
+        )
+        checks = " AND ".join(
+            (
+                f"CAST(t.{self._quote(c.name)} AS jsonb)"
+                if c.kind == "json"
+                else f"t.{self._quote(c.name)}"
+            )
+            + f" IS NOT DISTINCT FROM v.e{i}"
+            for i, c in enumerate(cols)
+        )
+        sql = (
+            f"UPDATE {self._table_sql} AS t SET {sets} "
+            f"FROM (VALUES {', '.join(rows_sql)}) AS v({', '.join(names)}) "
+            f"WHERE t.{self._key_sql} = v.k AND {checks} "
+            f"RETURNING CAST(t.{self._key_sql} AS TEXT)"
+        )
+        return {str(k) for k in conn.execute(sa.text(sql), params).scalars()}
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogError(f"database error on {self.table_name}: {exc}") from exc
+
+
+def _key_kind(col_type: sa.types.TypeEngine[Any]) -> KeyKind:
+    if isinstance(col_type, sa.Integer):
+        return "int"
+    if isinstance(col_type, sa.Uuid):
+        return "uuid"
+    return "text"
+
+
+def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
+    """The list a stored value holds; ValueError if it is not a list of strings."""
+    if value is None:
+        return None
+    if col.kind != "array":
+        if not isinstance(value, str):
+            raise ValueError(f"expected JSON text, found {type(value).__name__}")
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("not a list of strings")
+    return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,270 @@
+"""The `portfolio-sync` command. Exit codes: 0 ok, 1 sync errors/differences/abort, 2 bad usage
+or configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from portfolio_sync import __version__, console, schema
+from portfolio_sync.config import Settings, load_settings
+from portfolio_sync.errors import ConfigError, PortfolioSyncError
+from portfolio_sync.logs import LogFormat, configure_logging
+from portfolio_sync.service import open_service
+
+app = typer.Typer(
+    name="portfolio-sync",
+    help="Keep a table's image lists equal to what object storage holds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_ENV = "PORTFOLIO_SYNC_"
+
+
+def _opt(name: str, help: str, **kwargs: Any) -> Any:
+    return typer.Option(
+        f"--{name}",
+        envvar=_ENV + name.upper().replace("-", "_"),
+        help=help,
+        show_envvar=True,
+        **kwargs,
+    )
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="TOML file (default: ./portfolio-sync.toml if present)."
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None, _opt("database-url", "sqlite:///file.db or postgresql://user:pass@host/db.")
+    ] = None,
+    storage_url: Annotated[
+        str | None, _opt("storage-url", "A folder path, file://… or s3://bucket[/prefix].")
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None, _opt("s3-endpoint", "S3-compatible endpoint URL (MinIO, Supabase, R2).")
+    ] = None,
+    table: Annotated[str | None, _opt("table", "Portfolio table [default: portfolios].")] = None,
+    key_column: Annotated[str | None, _opt("key-column", "Key column [default: id].")] = None,
+    images_column: Annotated[
+        str | None, _opt("images-column", "Images column [default: images].")
+    ] = None,
+    folder: Annotated[str | None, _opt("folder", "Folder template [default: {key}/].")] = None,
+    collections: Annotated[
+        str | None, _opt("collections", "Several columns: col={key}/sub/,col2={key}/other/.")
+    ] = None,
+    public_url: Annotated[
+        str | None, _opt("public-url", "Store URLs: template with {path}.")
+    ] = None,
+    order: Annotated[str | None, _opt("order", "name | uploaded | preserve.")] = None,
+    extensions: Annotated[
+        str | None, _opt("extensions", "Image extensions, comma-separated.")
+    ] = None,
+    recursive: Annotated[
+        bool | None,
+        typer.Option(
+            "--recursive/--no-recursive",
+            envvar=_ENV + "RECURSIVE",
+            show_envvar=True,
+            help="Include images in sub-folders.",
+        ),
+    ] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="text | json.")] = "text",
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v: info, -vv: debug.")
+    ] = 0,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    fmt: LogFormat = "json" if log_format == "json" else "text"
+    configure_logging(fmt, verbose)
+    ctx.obj = {
+        "config": config,
+        "overrides": {
+            "database_url": database_url,
+            "storage_url": storage_url,
+            "s3_endpoint": s3_endpoint,
+            "table": table,
+            "key_column": key_column,
+            "images_column": images_column,
+            "folder": folder,
+            "collections": collections,
+            "public_url": public_url,
+            "order": order,
+            "extensions": extensions,
+            "recursive": recursive,
+        },
+    }
+
+
+def settings_of(ctx: typer.Context, **more: Any) -> Settings:
+    obj = ctx.find_root().obj or {}
+    return load_settings(obj.get("config"), **{**obj.get("overrides", {}), **more})
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    keys: Annotated[list[str] | None, typer.Argument(help="Portfolio keys to sync.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Full pass over every portfolio.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply even if the mass-deletion guard trips.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Sync the given portfolios, or all of them with --all."""
+    if bool(keys) == all_:
+        raise typer.BadParameter("give portfolio keys or --all (not both)")
+    settings = settings_of(ctx)
+    with open_service(settings, migrate=not dry_run) as svc:
+        if keys:
+            results = [svc.reconciler.sync_one(k, "manual", dry_run=dry_run) for k in keys]
+            console.print_results(results, as_json=as_json)
+            failed = any(r.status in ("error", "conflict") for r in results)
+        else:
+            report = console.run_pass(
+                svc, trigger="manual", dry_run=dry_run, force=force, quiet=as_json
+            )
+            console.print_report(report, as_json=as_json)
+            failed = not report.ok
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    keys: Annotated[list[str] | None, typer.Argument(help="Keys (default: all).")] = None,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="Exit 1 if anything differs.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Show how rows differ from storage, without writing anything."""
+    with open_service(settings_of(ctx), migrate=False) as svc:
+        if keys:
+            results = [svc.reconciler.sync_one(k, "diff", dry_run=True) for k in keys]
+            console.print_results(results, as_json=as_json, diff=True)
+            differs = any(r.status == "changed" for r in results)
+            failed = any(r.status == "error" for r in results)
+        else:
+            report = console.run_pass(svc, trigger="diff", dry_run=True, quiet=as_json)
+            console.print_report(report, as_json=as_json, diff=True)
+            differs, failed = bool(report.changed), bool(report.errors)
+    raise typer.Exit(1 if failed or (exit_code and differs) else 0)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where the data lives, the last full pass, errors and recent changes."""
+    settings = settings_of(ctx)
+    with open_service(settings, migrate=False) as svc:
+        info = console.gather_status(svc)
+    console.print_status(info, as_json=as_json)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Portfolio key.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many entries.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The recorded changes of one portfolio, newest first."""
+    with open_service(settings_of(ctx), migrate=False) as svc:
+        entries = schema.read_history(svc.catalog.engine, key, limit)
+        state = schema.read_state(svc.catalog.engine, key)
+    console.print_history(key, entries, state, as_json=as_json)
+
+
+@app.command()
+def setup(ctx: typer.Context) -> None:
+    """Create or upgrade portfolio-sync's own tables (idempotent)."""
+    with open_service(settings_of(ctx), migrate=False) as svc:
+        applied = schema.migrate(svc.catalog.engine)
+    typer.echo(
+        "\n".join(f"applied migration {step}" for step in applied)
+        or f"schema is up to date (version {schema.LATEST})"
+    )
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option("--path", help="Where to write.")] = Path(
+        "portfolio-sync.toml"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented portfolio-sync.toml to start from."""
+    from portfolio_sync.init_file import TEMPLATE
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; use --force to overwrite")
+    path.write_text(TEMPLATE, encoding="utf-8")
+    typer.echo(
+        f"wrote {path}; edit it, then run: portfolio-sync setup && portfolio-sync sync --all"
+    )
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo.")] = Path(
+        "demo"
+    ),
+    portfolios: Annotated[int, typer.Option("--portfolios", help="How many.")] = 20,
+) -> None:
+    """Create a demo (SQLite table + folder of generated images) and sync it."""
+    from portfolio_sync.demo import run_demo
+
+    run_demo(directory, portfolios=portfolios)
+
+
+def main() -> None:
+    """Console-script entry: PortfolioSyncError becomes a message and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except PortfolioSyncError as exc:
+        _fail(exc, 1)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    message = f"error: {exc}"
+    cause = exc.__cause__
+    while cause is not None:
+        message += f"\n  caused by: {type(cause).__name__}: {cause}"
+        cause = cause.__cause__
+    print(message, file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,385 @@
+"""The only code that writes portfolio rows: `plan()`, `sync_one()` and `sync_all()`.
+
+Correctness comes from re-reading both sides, never from an event's content: read the row,
+then list its folder, then compare-and-set against the value read first. The bulk pass
+does the same for the whole table as one streaming merge of two ordered streams (folders
+from one listing of the tree, rows from one ordered read), writing only drifted rows in
+batches, so its cost is one listing plus one table read and its memory one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from portfolio_sync import schema
+from portfolio_sync.catalog import Catalog
+from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
+from portfolio_sync.layout import Layout
+from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
+from portfolio_sync.storage import Storage, folder_order
+
+logger = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 3
+
+
+def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Plan | None:
+    """The write that makes `row` equal its listing, or None when it already does.
+
+    `images` holds each collection's images (from `Layout.select`). A NULL column with no
+    images becomes `[]`, so every synced row holds a list.
+    """
+    new = tuple(
+        layout.render(found, current) for found, current in zip(images, row.values, strict=True)
+    )
+    if all(n == c for n, c in zip(new, row.values, strict=True)):
+        return None
+    old_values = [v for values in row.values if values for v in values]
+    new_values = [v for values in new for v in values]
+    old_set, new_set = set(old_values), set(new_values)
+    return Plan(
+        key=row.key,
+        fingerprint=fingerprint([obj for found in images for obj in found]),
+        key_value=row.key_value,
+        expected=row.raw,
+        new=new,
+        added=tuple(dict.fromkeys(v for v in new_values if v not in old_set)),
+        removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),
+    )
+
+
+def fingerprint(objects: Sequence[ObjectInfo]) -> str:
+    """A short digest of a listing, kept in state to tell when a folder last changed."""
+    digest = hashlib.sha256()
+    for obj in sorted(objects, key=lambda o: o.path):
+        digest.update(
+            f"{obj.path}\0{obj.size}\0{obj.mtime:.3f}\n".encode("utf-8", "surrogateescape")
+        )
+    return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Guard:
+    """Mass-deletion guard: like rclone's --max-delete, for rows a pass would empty."""
+
+    max_share: float = 0.1
+    min_rows: int = 5
+
+    def trips(self, emptied: int, nonempty_before: int) -> bool:
+        return emptied >= self.min_rows and emptied > self.max_share * nonempty_before
+
+
+class Reconciler:
+    """Binds a catalog, a storage and the layout rules; safe to share between threads."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        storage: Storage,
+        layout: Layout,
+        *,
+        guard: Guard | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        self.catalog = catalog
+        self.storage = storage
+        self.layout = layout
+        self.guard = guard or Guard()
+        self.batch_size = batch_size
+
+    # ---- one portfolio ------------------------------------------------------------------
+    def sync_one(self, key: str, trigger: str, *, dry_run: bool = False) -> SyncResult:
+        """Make one row equal its folder. Errors are returned (and recorded), not raised."""
+        started = time.perf_counter()
+        try:
+            result = self._sync_one(key, trigger, dry_run=dry_run, started=started)
+        except PortfolioSyncError as exc:
+            result = SyncResult(
+                key=key, status="error", error=str(exc), duration_ms=_ms(started), dry_run=dry_run
+            )
+        if result.status == "error" and not dry_run:
+            self._record_error(key, result.error or "error")
+        log_result(result, trigger)
+        return result
+
+    def _sync_one(self, key: str, trigger: str, *, dry_run: bool, started: float) -> SyncResult:
+        for _ in range(CAS_ATTEMPTS):
+            row = self.catalog.read_row(key)  # strictly before the listing (invariant 1)
+            objects = self.storage.list_prefix(self.layout.folder(key))
+            if row is None:
+                return SyncResult(
+                    key=key,
+                    status="orphan" if objects else "missing",
+                    duration_ms=_ms(started),
+                    dry_run=dry_run,
+                )
+            if row.invalid:
+                return SyncResult(
+                    key=key,
+                    status="error",
+                    error=row.invalid,
+                    duration_ms=_ms(started),
+                    dry_run=dry_run,
+                )
+            change = plan(row, self.layout.select(key, objects), self.layout)
+            if change is None:
+                if not dry_run:
+                    images = [o for found in self.layout.select(key, objects) for o in found]
+                    schema.record_checked(self.catalog.engine, key, fingerprint(images))
+                return SyncResult(
+                    key=key, status="unchanged", duration_ms=_ms(started), dry_run=dry_run
+                )
+            if dry_run:
+                return _changed(change, started, dry_run=True)
+            written = self.catalog.apply([change], trigger=trigger, durations={key: _ms(started)})
+            if key in written:
+                return _changed(change, started)
+            logger.info(
+                "row changed during sync, retrying", extra={"action": "cas_retry", "key": key}
+            )
+        return SyncResult(
+            key=key,
+            status="conflict",
+            duration_ms=_ms(started),
+            error="the row kept changing while it was synced",
+        )
+
+    def _record_error(self, key: str, error: str) -> None:
+        try:
+            schema.record_error(self.catalog.engine, key, error)
+        except Exception:  # bookkeeping must not hide the original error
+            logger.exception(
+                "could not record sync error", extra={"action": "state_error", "key": key}
+            )
+
+    # ---- the whole table ----------------------------------------------------------------
+    def sync_all(
+        self,
+        trigger: str,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_conflict: Callable[[str], None] | None = None,
+    ) -> PassReport:
+        """One streaming merge of the tree listing with the ordered table read.
+
+        Writes go out in batches as the merge proceeds, except writes that would empty a
+        non-empty row: those wait for the end, where the mass-deletion guard decides. A
+        storage or database error stops the pass; nothing not yet written is written.
+        Rows whose compare-and-set failed are handed to `on_conflict` (default: synced
+        again one by one after the pass).
+        """
+        started = time.perf_counter()
+        report = PassReport(dry_run=dry_run)
+        merge = _Merge(self, report, trigger=trigger, dry_run=dry_run, progress=progress)
+        try:
+            with self.catalog.stream_rows() as rows:
+                folders = self.storage.iter_folders(self.layout.prefix)
+                merge.run(rows, folders)
+            merge.flush()
+            merge.finish(force=force)
+        except (StorageError, CatalogError) as exc:
+            report.aborted = str(exc)
+            report.errors.append(SyncResult(key="*", status="error", error=str(exc)))
+            logger.error("full pass stopped", extra={"action": "pass_failed", "error": str(exc)})
+        for key in merge.conflicts:
+            report.conflicts.append(key)
+            if on_conflict is not None:
+                on_conflict(key)
+            else:
+                result = self.sync_one(key, trigger)
+                (report.errors if result.status == "error" else report.changed).append(result)
+        report.duration_ms = _ms(started)
+        if not dry_run and report.aborted is None:
+            schema.put_meta(
+                self.catalog.engine,
+                "last_full_pass",
+                {
+                    "at": schema.now().isoformat(),
+                    "trigger": trigger,
+                    "rows": report.rows,
+                    "changed": len(report.changed),
+                    "orphans": len(report.orphans),
+                    "errors": len(report.errors),
+                    "duration_ms": round(report.duration_ms, 1),
+                },
+            )
+        logger.info(
+            "full pass done",
+            extra={
+                "action": "pass_done",
+                "trigger": trigger,
+                "rows": report.rows,
+                "changed": len(report.changed),
+                "unchanged": report.unchanged,
+                "orphans": len(report.orphans),
+                "errors": len(report.errors),
+                "dry_run": dry_run,
+                "duration_ms": round(report.duration_ms, 1),
+            },
+        )
+        return report
+
+
+class _Merge:
+    """State of one bulk pass: the merge loop, the write batch and the held-back empties."""
+
+    def __init__(
+        self,
+        rec: Reconciler,
+        report: PassReport,
+        *,
+        trigger: str,
+        dry_run: bool,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.rec = rec
+        self.report = report
+        self.trigger = trigger
+        self.dry_run = dry_run
+        self.progress = progress
+        self.batch: list[Plan] = []
+        self.emptying: list[Plan] = []
+        self.nonempty_before = 0
+        self.conflicts: list[str] = []
+
+    def run(self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo]]]) -> None:
+        layout = self.rec.layout
+        row = next(rows, None)
+        folder = _next_folder(folders, layout)
+        last_row = last_folder = b""
+        while row is not None or folder is not None:
+            row_order = folder_order(row.key) if row is not None else None
+            folder_order_ = folder_order(folder[0]) if folder is not None else None
+            if folder is not None and (row_order is None or folder_order_ < row_order):  # type: ignore[operator]
+                last_folder = _check_order(last_folder, folder_order_, "storage")
+                self.report.orphans.append(folder[0])
+                self.report.folders += 1
+                folder = _next_folder(folders, layout)
+                continue
+            assert row is not None and row_order is not None
+            last_row = _check_order(last_row, row_order, "database")
+            if folder is not None and folder_order_ == row_order:
+                self.report.folders += 1
+                self.visit(row, folder[1])
+                folder = _next_folder(folders, layout)
+            else:
+                self.visit(row, [])
+            row = next(rows, None)
+
+    def visit(self, row: Row, objects: list[ObjectInfo]) -> None:
+        report = self.report
+        report.rows += 1
+        if self.progress is not None and report.rows % 500 == 0:
+            self.progress(report.rows)
+        if row.invalid:
+            report.errors.append(SyncResult(key=row.key, status="error", error=row.invalid))
+            return
+        if any(row.values):
+            self.nonempty_before += 1
+        change = plan(row, self.rec.layout.select(row.key, objects), self.rec.layout)
+        if change is None:
+            report.unchanged += 1
+            return
+        if change.empties:
+            self.emptying.append(change)
+            return
+        self.batch.append(change)
+        if len(self.batch) >= self.rec.batch_size:
+            self.flush()
+
+    def flush(self, plans: list[Plan] | None = None) -> None:
+        plans = self.batch if plans is None else plans
+        if not plans:
+            return
+        if self.dry_run:
+            written = {p.key for p in plans}
+        else:
+            written = self.rec.catalog.apply(plans, trigger=self.trigger)
+        for change in plans:
+            if change.key in written:
+                self.report.changed.append(_changed(change, 0.0, dry_run=self.dry_run))
+            else:
+                self.conflicts.append(change.key)
+        plans.clear()
+
+    def finish(self, *, force: bool) -> None:
+        if self.progress is not None:
+            self.progress(self.report.rows)
+        emptied = len(self.emptying)
+        if emptied and not force and self.rec.guard.trips(emptied, self.nonempty_before):
+            self.report.aborted = (
+                f"refusing to empty {emptied} of {self.nonempty_before} non-empty rows "
+                f"(limit: {self.rec.guard.max_share:.0%} and at least {self.rec.guard.min_rows} "
+                "rows); check the storage URL and folder template, or use --force"
+            )
+            logger.error(
+                "mass-deletion guard tripped",
+                extra={
+                    "action": "guard_tripped",
+                    "emptied": emptied,
+                    "nonempty": self.nonempty_before,
+                    "keys": [p.key for p in self.emptying[:20]],
+                },
+            )
+            return
+        for start in range(0, emptied, self.rec.batch_size):
+            self.flush(self.emptying[start : start + self.rec.batch_size])
+
+
+def _next_folder(
+    folders: Iterator[tuple[str, list[ObjectInfo]]], layout: Layout
+) -> tuple[str, list[ObjectInfo]] | None:
+    for name, objects in folders:
+        if layout.is_key(name):
+            return name, objects
+    return None
+
+
+def _check_order(previous: bytes, current: bytes | None, side: str) -> bytes:
+    """The merge is only sound if both streams are sorted alike; refuse otherwise."""
+    assert current is not None
+    if current <= previous and previous:
+        raise CatalogError(
+            f"the {side} stream is not in byte order of 'key/' ({previous!r} then {current!r}); "
+            "stopping the pass without further writes"
+        )
+    return current
+
+
+def _changed(change: Plan, started: float, *, dry_run: bool = False) -> SyncResult:
+    return SyncResult(
+        key=change.key,
+        status="changed",
+        added=change.added,
+        removed=change.removed,
+        duration_ms=_ms(started) if started else 0.0,
+        dry_run=dry_run,
+    )
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def log_result(result: SyncResult, trigger: str) -> None:
+    level = logging.WARNING if result.status in ("error", "conflict") else logging.INFO
+    logger.log(
+        level,
+        "portfolio synced",
+        extra={
+            "action": "sync_" + result.status,
+            "key": result.key,
+            "trigger": trigger,
+            "added": len(result.added),
+            "removed": len(result.removed),
+            "duration_ms": round(result.duration_ms, 2),
+            "error": result.error,
+            "dry_run": result.dry_run,
+        },
+    )

@@ -1,0 +1,266 @@
+"""Our own tables (sync state, history, meta) and their versioned migrations.
+
+They live beside the user's table in the same database, so history is written in the
+same transaction as the row it describes. Migrations are numbered and applied in order
+under a lock; `schema_version` in `portfolio_sync_meta` records how far a database got.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from portfolio_sync.models import Plan
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "portfolio_sync_meta",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+state = sa.Table(
+    "portfolio_sync_state",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("last_synced_at", sa.DateTime(timezone=True)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+)
+
+history = sa.Table(
+    "portfolio_sync_history",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("trigger", sa.String(200), nullable=False),
+    sa.Column("added", sa.JSON, nullable=False),
+    sa.Column("removed", sa.JSON, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Index("portfolio_sync_history_key_at", "key", "at"),
+)
+
+
+def _v1(conn: sa.Connection) -> None:
+    for table in (state, history):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "state and history tables", _v1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def current_version(conn: sa.Connection) -> int:
+    if not sa.inspect(conn).has_table(meta.name):
+        return 0
+    value = conn.execute(
+        sa.select(meta.c.value).where(meta.c.name == "schema_version")
+    ).scalar_one_or_none()
+    return int(value) if value is not None else 0
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Bring our tables to the latest version; returns the steps applied (idempotent).
+
+    On PostgreSQL an advisory lock serialises concurrent `setup`/worker starts.
+    """
+    applied = []
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('portfolio_sync_schema'))"))
+        meta.create(conn, checkfirst=True)
+        version = current_version(conn)
+        for number, title, step in MIGRATIONS:
+            if number > version:
+                step(conn)
+                applied.append(f"{number}: {title}")
+                version = number
+        _put_meta(conn, "schema_version", str(version))
+    return applied
+
+
+def is_ready(engine: sa.Engine) -> bool:
+    with engine.connect() as conn:
+        return current_version(conn) >= LATEST
+
+
+def _put_meta(conn: sa.Connection, name: str, value: str) -> None:
+    updated = conn.execute(sa.update(meta).where(meta.c.name == name).values(value=value))
+    if updated.rowcount == 0:
+        conn.execute(sa.insert(meta).values(name=name, value=value))
+
+
+def put_meta(engine: sa.Engine, name: str, value: Any) -> None:
+    with engine.begin() as conn:
+        _put_meta(conn, name, json.dumps(value))
+
+
+def get_meta(engine: sa.Engine, name: str) -> Any:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(meta.name):
+            return None
+        value = conn.execute(sa.select(meta.c.value).where(meta.c.name == name)).scalar()
+    return None if value is None else json.loads(value)
+
+
+def _upsert_state(conn: sa.Connection, rows: list[dict[str, Any]], update: Sequence[str]) -> None:
+    if not rows:
+        return
+    insert: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(state)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[state.c.key], set_={name: stmt.excluded[name] for name in update}
+    )
+    conn.execute(stmt, rows)
+
+
+def record_writes(
+    conn: sa.Connection, plans: Sequence[Plan], *, trigger: str, durations: dict[str, float]
+) -> None:
+    """History and state for rows just written, inside the writing transaction."""
+    if not plans:
+        return
+    at = now()
+    conn.execute(
+        sa.insert(history),
+        [
+            {
+                "key": p.key,
+                "at": at,
+                "trigger": trigger,
+                "added": list(p.added),
+                "removed": list(p.removed),
+                "duration_ms": round(durations.get(p.key, 0.0), 3),
+            }
+            for p in plans
+        ],
+    )
+    _upsert_state(
+        conn,
+        [
+            {
+                "key": p.key,
+                "last_synced_at": at,
+                "fingerprint": p.fingerprint,
+                "last_error": None,
+                "last_error_at": None,
+                "attempts": 0,
+            }
+            for p in plans
+        ],
+        ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts"),
+    )
+
+
+def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None:
+    """A sync of `key` found nothing to change: it is in sync as of now."""
+    with engine.begin() as conn:
+        _upsert_state(
+            conn,
+            [
+                {
+                    "key": key,
+                    "last_synced_at": now(),
+                    "fingerprint": fingerprint,
+                    "last_error": None,
+                    "last_error_at": None,
+                    "attempts": 0,
+                }
+            ],
+            ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts"),
+        )
+
+
+def record_error(engine: sa.Engine, key: str, error: str) -> None:
+    """Keep the last error of a key (and count attempts) for `status` and the dashboard."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        stmt = insert(state).values(
+            key=key, last_error=error[:2000], last_error_at=now(), attempts=1
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[state.c.key],
+                set_={
+                    "last_error": stmt.excluded.last_error,
+                    "last_error_at": stmt.excluded.last_error_at,
+                    "attempts": state.c.attempts + 1,
+                },
+            )
+        )
+
+
+def read_history(engine: sa.Engine, key: str, limit: int = 50) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(history.name):
+            return []
+        rows = conn.execute(
+            sa.select(history)
+            .where(history.c.key == key)
+            .order_by(history.c.at.desc(), history.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def read_state(engine: sa.Engine, key: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(state.name):
+            return None
+        row = conn.execute(sa.select(state).where(state.c.key == key)).mappings().first()
+        return dict(row) if row else None
+
+
+def read_errors(engine: sa.Engine, limit: int = 50) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(state.name):
+            return []
+        rows = conn.execute(
+            sa.select(state)
+            .where(state.c.last_error.is_not(None))
+            .order_by(state.c.last_error_at.desc())
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def recent_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(history.name):
+            return []
+        rows = conn.execute(
+            sa.select(history).order_by(history.c.id.desc()).limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def current_version_of(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return current_version(conn)

@@ -1,0 +1,58 @@
+"""Wiring: turn Settings into an open Reconciler (catalog + storage + layout), and close it.
+
+Shared by the CLI and the server so both build the product the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from portfolio_sync import schema
+from portfolio_sync.catalog import Catalog
+from portfolio_sync.config import Settings
+from portfolio_sync.layout import Layout
+from portfolio_sync.reconcile import Guard, Reconciler
+from portfolio_sync.storage import Storage, open_storage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    settings: Settings
+    layout: Layout
+    catalog: Catalog
+    storage: Storage
+    reconciler: Reconciler
+
+
+@contextmanager
+def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Service]:
+    """Open both sides. With `migrate`, our own tables are created or upgraded first, so
+    the embedded default works without a separate `setup`; read-only commands pass False.
+    """
+    layout = Layout.from_settings(settings)
+    catalog = Catalog.open(settings, layout.columns)
+    try:
+        if migrate:
+            schema.migrate(catalog.engine)
+        storage = open_storage(settings)
+        try:
+            reconciler = Reconciler(
+                catalog,
+                storage,
+                layout,
+                guard=Guard(max_share=settings.max_empty_share, min_rows=settings.max_empty_rows),
+                batch_size=settings.batch_size,
+            )
+            yield Service(
+                settings=settings,
+                layout=layout,
+                catalog=catalog,
+                storage=storage,
+                reconciler=reconciler,
+            )
+        finally:
+            storage.close()
+    finally:
+        catalog.close()

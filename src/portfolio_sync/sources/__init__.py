@@ -1,0 +1,1 @@
+"""Edge-triggered sources: they turn outside signals into portfolio keys, never into row writes."""

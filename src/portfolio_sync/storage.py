@@ -1,0 +1,251 @@
+"""Listing storage: one `Storage` interface, a local-folder and an S3-compatible backend.
+
+Both backends return paths relative to the storage root, `/`-separated and byte-exact
+(no Unicode normalisation: NFC and NFD names are different objects). A listing either
+completes or raises `StorageError`; an error is never reported as an empty folder.
+
+Local folders are listed with `os.scandir` rather than obstore's LocalStore: measured here
+it is ~10x faster on 100k files, and LocalStore silently skips names ending in `#<digits>`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote, urlsplit
+
+from portfolio_sync.errors import ConfigError, StorageError
+from portfolio_sync.models import ObjectInfo
+
+if TYPE_CHECKING:
+    from portfolio_sync.config import Settings
+
+Group = tuple[str, list[ObjectInfo]]
+
+
+def folder_order(name: str) -> bytes:
+    """The order S3 lists folders in: UTF-8 bytes of `name/`.
+
+    The catalog reads rows in the same order so that the bulk pass can merge the two
+    streams; `name/` rather than `name` matters (`a b/` sorts before `a/`).
+    """
+    return (name + "/").encode("utf-8", "surrogateescape")
+
+
+class Storage(Protocol):
+    """What the reconciler needs from storage."""
+
+    description: str
+
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix` (a folder path ending in `/`), at any depth."""
+        ...
+
+    def iter_folders(self, prefix: str) -> Iterator[Group]:
+        """(name, objects) for each sub-folder of `prefix`, in `folder_order`.
+
+        Objects at any depth of each folder are included; files directly in `prefix`
+        are not. Memory is bounded by one folder, not the tree.
+        """
+        ...
+
+    def check(self) -> None:
+        """Raise StorageError unless the root can be listed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalStorage:
+    """A folder on disk; the embedded default."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = f"folder {root}"
+
+    def _dir(self, prefix: str) -> str:
+        return os.path.join(self.root, *prefix.strip("/").split("/")) if prefix else str(self.root)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(f"storage folder {self.root} does not exist or is not a folder")
+
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        self.check()
+        out: list[ObjectInfo] = []
+        _walk(self._dir(prefix), prefix, out)
+        return out
+
+    def iter_folders(self, prefix: str) -> Iterator[Group]:
+        self.check()
+        top = self._dir(prefix)
+        try:
+            with os.scandir(top) as entries:
+                names = [e.name for e in entries if _is_dir(e)]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {top}: {exc}") from exc
+        names.sort(key=folder_order)
+        for name in names:
+            out: list[ObjectInfo] = []
+            _walk(os.path.join(top, name), f"{prefix}{name}/", out)
+            yield name, out
+
+    def close(self) -> None:
+        pass
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _walk(directory: str, rel: str, out: list[ObjectInfo]) -> None:
+    """Append every file under `directory`; vanished entries are skipped, errors raise.
+
+    A file or folder deleted while we list it is simply gone (the next event or pass sees
+    the new state); any other error aborts the listing rather than returning a partial one.
+    """
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    _walk(entry.path, f"{rel}{entry.name}/", out)
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(
+                        ObjectInfo(path=rel + entry.name, size=st.st_size, mtime=st.st_mtime)
+                    )
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot list {directory}: {exc}") from exc
+
+
+class S3Storage:
+    """An S3-compatible bucket (AWS S3, MinIO, Supabase Storage, R2) through obstore.
+
+    obstore's synchronous API is used on purpose: its async API inside `asyncio.run` was
+    seen to abort the process at exit, and callers run listings in threads anyway.
+    """
+
+    page_size = 1000  # the S3 maximum; fewer requests per listing
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+    ) -> None:
+        from obstore.store import S3Store
+
+        config: dict[str, object] = {"region": region or "us-east-1"}
+        if endpoint:
+            config["endpoint"] = endpoint
+            config["virtual_hosted_style_request"] = False
+        if access_key_id and secret_access_key:
+            config["access_key_id"] = access_key_id
+            config["secret_access_key"] = secret_access_key
+            if session_token:
+                config["token"] = session_token
+        client_options = {"allow_http": True} if endpoint and endpoint.startswith("http:") else {}
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.description = f"s3://{bucket}/{self.prefix}".rstrip("/") + (
+            f" at {endpoint}" if endpoint else ""
+        )
+        self._store = S3Store(
+            bucket,
+            prefix=self.prefix or None,
+            config=config,  # type: ignore[arg-type]
+            client_options=client_options,  # type: ignore[arg-type]
+            retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
+        )
+
+    def _pages(self, prefix: str) -> Iterator[list[ObjectInfo]]:
+        import obstore
+
+        try:
+            stream = obstore.list(self._store, prefix=prefix or None, chunk_size=self.page_size)
+            for chunk in stream:
+                yield [
+                    ObjectInfo(
+                        path=meta["path"],
+                        size=meta["size"],
+                        mtime=meta["last_modified"].timestamp(),
+                    )
+                    for meta in chunk
+                ]
+        except StorageError:
+            raise
+        except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
+            raise StorageError(f"cannot list {self.description} ({prefix or '/'}): {exc}") from exc
+
+    def check(self) -> None:
+        import obstore
+
+        try:
+            obstore.list_with_delimiter(self._store, prefix=None)
+        except Exception as exc:
+            raise StorageError(f"cannot reach {self.description}: {exc}") from exc
+
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        return [obj for page in self._pages(prefix) for obj in page]
+
+    def iter_folders(self, prefix: str) -> Iterator[Group]:
+        # One listing of the whole prefix: S3 returns keys in UTF-8 byte order, so each
+        # folder's objects arrive together and folders arrive in `folder_order`.
+        start = len(prefix)
+        current: str | None = None
+        objects: list[ObjectInfo] = []
+        for page in self._pages(prefix):
+            for obj in page:
+                name, sep, _ = obj.path[start:].partition("/")
+                if not sep:
+                    continue
+                if name != current:
+                    if current is not None:
+                        yield current, objects
+                    current, objects = name, []
+                objects.append(obj)
+        if current is not None:
+            yield current, objects
+
+    def close(self) -> None:
+        pass
+
+
+def open_storage(settings: Settings) -> Storage:
+    """Pick the backend from the storage URL (a path, file://…, or s3://bucket[/prefix])."""
+    url = settings.storage_url
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        return S3Storage(
+            parts.netloc,
+            prefix=unquote(parts.path),
+            endpoint=settings.s3_endpoint,
+            region=settings.aws_region,
+            access_key_id=settings.aws_access_key_id,
+            secret_access_key=settings.aws_secret_access_key,
+            session_token=settings.aws_session_token,
+        )
+    if parts.scheme == "file":
+        return LocalStorage(Path(unquote(parts.path)))
+    if parts.scheme and len(parts.scheme) > 1:
+        raise ConfigError(f"unsupported storage URL {url!r}")
+    return LocalStorage(Path(url))
