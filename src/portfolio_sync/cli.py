@@ -240,24 +240,17 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry: PortfolioSyncError becomes a message and an exit code."""
+    """Console-script entry: PortfolioSyncError becomes a message and an exit code.
+
+    Click handles usage errors and exit codes itself (standalone mode); our own errors
+    propagate out of it and are printed here without a traceback.
+    """
     try:
-        app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+        app()
     except ConfigError as exc:
         _fail(exc, 2)
     except PortfolioSyncError as exc:
         _fail(exc, 1)
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 def _fail(exc: BaseException, code: int) -> None:

@@ -44,6 +44,7 @@ Kind = Literal["created", "removed"]
 RowType = Literal["INSERT", "UPDATE", "DELETE"]
 
 _SNS_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"})
+_S3_REMOVED = ("ObjectRemoved:", "LifecycleExpiration:Delete", "ReducedRedundancyLostObject")
 _ROW_TYPES: Mapping[str, RowType] = {"INSERT": "INSERT", "UPDATE": "UPDATE", "DELETE": "DELETE"}
 _R2_ACTIONS: Mapping[str, Kind] = {
     "PutObject": "created",
@@ -101,13 +102,16 @@ class RowEvent:
 def parse_storage_payload(body: bytes, headers: Mapping[str, str]) -> StorageHook:
     """Parse a storage webhook body from any supported system into a ``StorageHook``.
 
-    S3-style event names (an optional ``s3:`` prefix is ignored): ``ObjectCreated:*`` is
-    created; ``ObjectRemoved:*`` (delete and delete-marker) and ``LifecycleExpiration:
-    Delete*`` are removed, because the object leaves the listing; ``ReducedRedundancyLost
-    Object`` is removed so the key is re-checked. Everything else (``ObjectRestore:*``,
-    ``ObjectTagging:*``, ``ObjectAcl:*``, ``LifecycleTransition``, ``IntelligentTiering``,
-    ``Replication:*``, ``ObjectAccessed:*``) does not change the listing and is skipped.
-    Unknown names are skipped, not errors: providers add new ones.
+    S3-style event names (an optional ``s3:`` prefix is ignored):
+
+    * ``ObjectCreated:*`` is created.
+    * ``ObjectRemoved:*`` (delete and delete-marker) and ``LifecycleExpiration:Delete*``
+      are removed: the object leaves the listing.
+    * ``ReducedRedundancyLostObject`` is removed, so the key gets re-checked.
+    * Everything else (``ObjectRestore:*``, ``ObjectTagging:*``, ``ObjectAcl:*``,
+      ``LifecycleTransition``, ``IntelligentTiering``, ``Replication:*``,
+      ``ObjectAccessed:*``) leaves the listing unchanged and is skipped, as are unknown
+      names (providers add new ones): skipping is not an error.
     """
     del headers  # detection is by content; see the module docstring
     data = _load_json(body)
@@ -182,7 +186,7 @@ def _event(bucket: str | None, path: str, kind: Kind, source: str, where: str) -
 def _hook(events: list[StorageEvent], skipped: list[str]) -> StorageHook:
     if events:
         return StorageHook(events=tuple(events))
-    names = sorted(set(skipped))
+    names = sorted({name[:64] for name in skipped})  # payload text: keep log lines short
     if not names:
         return StorageHook(events=(), ignored="no events in payload")
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
@@ -242,11 +246,7 @@ def _s3_kind(event_name: str) -> Kind | None:
     name = event_name.removeprefix("s3:")
     if name.startswith("ObjectCreated:"):
         return "created"
-    if name.startswith(("ObjectRemoved:", "LifecycleExpiration:Delete")):
-        return "removed"
-    if name == "ReducedRedundancyLostObject":
-        return "removed"
-    return None
+    return "removed" if name.startswith(_S3_REMOVED) else None
 
 
 def _decode_s3_key(key: str, where: str) -> str:
@@ -297,9 +297,10 @@ def _minio_key(data: dict[str, Any]) -> StorageHook:
 
 
 def _supabase_storage(data: dict[str, Any]) -> StorageHook:
-    """Self-hosted Storage API webhook (``WEBHOOK_URL``): ``ObjectCreated:{Put,Post,Copy,
-    Move}``, ``ObjectRemoved:{Delete,Move}``; ``ObjectUpdated:Metadata`` does not change
-    the listing and is skipped. A move also names ``payload.oldObject``: removed too."""
+    """Self-hosted Storage API webhook (``WEBHOOK_URL``). ``ObjectCreated:*`` (Put, Post,
+    Copy, Move) is created and ``ObjectRemoved:*`` (Delete, Move) removed;
+    ``ObjectUpdated:Metadata`` leaves the listing unchanged and is skipped. A move's
+    created event also names ``payload.oldObject``, reported as removed too."""
     event = _obj(data, "event", "body")
     event_type = _str(event, "type", "event")
     payload = _obj(event, "payload", "event")
@@ -335,10 +336,9 @@ def _row_event(data: dict[str, Any]) -> RowEvent:
         raise PayloadError("record must be an object or null")
     if old_record is not None and not isinstance(old_record, dict):
         raise PayloadError("old_record must be an object or null")
-    if row_type == "DELETE" and old_record is None:
-        raise PayloadError("a DELETE needs an old_record object")
-    if row_type != "DELETE" and record is None:
-        raise PayloadError(f"an {row_type} needs a record object")
+    if (old_record if row_type == "DELETE" else record) is None:
+        needed = "old_record" if row_type == "DELETE" else "record"
+        raise PayloadError(f"{row_type} needs a {needed} object")
     return RowEvent(type=row_type, schema=schema, table=table, record=record, old_record=old_record)
 
 
@@ -348,7 +348,7 @@ def _storage_objects_row(row: RowEvent) -> StorageHook:
     which costs the caller one no-op sync at most."""
     if (row.schema, row.table) != ("storage", "objects"):
         raise PayloadError(
-            f"database webhook for {row.schema}.{row.table}; this endpoint expects "
+            f"database webhook for {row.schema[:64]}.{row.table[:64]}; this endpoint expects "
             "storage.objects (row webhooks go to /hooks/database)"
         )
 
