@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -139,7 +139,13 @@ class Settings(BaseSettings):
     @field_validator("collections", mode="before")
     @classmethod
     def _collections(cls, value: Any) -> dict[str, str] | None:
-        return parse_collections(value)
+        parsed = parse_collections(value)
+        if parsed:
+            for template in parsed.values():
+                validate_template(template)
+            if len({t.partition("{key}")[0] for t in parsed.values()}) > 1:
+                raise ValueError("all collection folders must share the same path before {key}")
+        return parsed
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -178,6 +184,8 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError(f"S3 endpoint {value!r} must be an http:// or https:// URL")
         return value or None
@@ -209,15 +217,6 @@ class Settings(BaseSettings):
         except CronSimError as exc:
             raise ValueError(f"schedule {value!r} is not a valid cron expression: {exc}") from exc
         return value
-
-    @model_validator(mode="after")
-    def _collections_consistent(self) -> Settings:
-        for template in self.collection_map().values():
-            validate_template(template)
-        prefixes = {t.partition("{key}")[0] for t in self.collection_map().values()}
-        if len(prefixes) > 1:
-            raise ValueError("all collection folders must share the same path before {key}")
-        return self
 
     def collection_map(self) -> dict[str, str]:
         """Column → folder template; the images/folder pair when no collections are set."""

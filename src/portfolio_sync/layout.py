@@ -27,12 +27,10 @@ def natural_key(text: str) -> tuple[object, ...]:
     per image) and this is several times faster. Digit runs compare as numbers, text
     case-insensitively; the raw string last makes the order total and deterministic.
     """
-    parts = _DIGITS.split(text)
-    key: list[object] = []
-    for index, part in enumerate(parts):
-        key.append(int(part) if index % 2 else part.casefold())
-    key.append(text)
-    return tuple(key)
+    parts = _DIGITS.split(text)  # text, digits, text, digits, ..., text
+    numbers = [int(p) for p in parts[1::2]]
+    numbers.append(-1)  # "a" < "a1": the end sorts before any number
+    return (tuple(zip((p.casefold() for p in parts[0::2]), numbers, strict=True)), text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,7 +132,8 @@ class Layout:
         """A stored value: the path from the storage root, or the public URL of it."""
         if self.public_url is None:
             return path
-        return self.public_url.replace("{path}", quote(path, safe="/"))
+        raw = path.encode("utf-8", "surrogateescape")  # undecodable local names: raw bytes
+        return self.public_url.replace("{path}", quote(raw, safe="/"))
 
     def render(
         self, images: Sequence[ObjectInfo], current: Sequence[str] | None = None

@@ -11,10 +11,18 @@ from typing import Any
 SCRIPT = Path(sys.executable).with_name("portfolio-sync")
 
 
-def run(*args: str, env: dict[str, str], cwd: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+def run(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_json(*args: str, env: dict[str, str], expect: int = 0, cwd: Path | None = None) -> Any:

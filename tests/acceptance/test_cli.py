@@ -92,8 +92,11 @@ def test_storage_failure_writes_nothing_and_exits_nonzero(
 
 
 def test_missing_storage_folder_is_an_error_not_empty(tmp_path: Path) -> None:
-    world = World(kind="sqlite-folder", database_url=f"sqlite:///{tmp_path / 'a.db'}",
-                  root=tmp_path / "does-not-exist")
+    world = World(
+        kind="sqlite-folder",
+        database_url=f"sqlite:///{tmp_path / 'a.db'}",
+        root=tmp_path / "does-not-exist",
+    )
     try:
         world.create_table()
         world.insert(1, ["1/a.jpg"])
@@ -142,11 +145,12 @@ def test_demo_creates_real_images_and_syncs(tmp_path: Path) -> None:
 
     for key, images in rows.items():
         listed = json.loads(images)
-        on_disk = sorted(p.relative_to(demo / "storage").as_posix()
-                         for p in (demo / "storage" / str(key)).iterdir())
+        on_disk = sorted(
+            p.relative_to(demo / "storage").as_posix()
+            for p in (demo / "storage" / str(key)).iterdir()
+        )
         assert sorted(listed) == on_disk and listed
         with Image.open(demo / "storage" / listed[0]) as img:
             assert img.size == (320, 213)
     # running it again recreates it cleanly
-    assert run("demo", "--dir", "demo", env={"PATH": "/usr/bin:/bin"},
-               cwd=tmp_path).returncode == 0
+    assert run("demo", "--dir", "demo", env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path).returncode == 0

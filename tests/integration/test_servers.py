@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import EndpointConnectionError
+
 from tests.servers import (
     FORCE_PGSERVER_ENV,
     TEST_DATABASE_URL_ENV,

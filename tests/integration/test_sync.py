@@ -104,9 +104,18 @@ def test_merge_order_with_prefix_keys(world: World) -> None:
 def test_filter_and_natural_order(world: World) -> None:
     world.create_table()
     world.insert(7, None)
-    for name in ["img10.jpg", "img2.JPG", "img1.webp", ".hidden.jpg", "._img1.jpg",
-                 ".DS_Store", "Thumbs.db", "notes.txt", "sub/deep.jpg",
-                 ".emptyFolderPlaceholder"]:
+    for name in [
+        "img10.jpg",
+        "img2.JPG",
+        "img1.webp",
+        ".hidden.jpg",
+        "._img1.jpg",
+        ".DS_Store",
+        "Thumbs.db",
+        "notes.txt",
+        "sub/deep.jpg",
+        ".emptyFolderPlaceholder",
+    ]:
         world.put(f"7/{name}")
     world.put("7/empty.jpg", b"")
     with world.service() as svc:
@@ -149,8 +158,7 @@ def test_two_collections_per_row(world: World) -> None:
         report = svc.reconciler.sync_all("test")
         assert svc.reconciler.sync_all("test").changed == []
     assert report.ok and [r.key for r in report.changed] == ["5"]
-    assert world.images(5, "before_images") == ["5/before_images/b1.jpg",
-                                                 "5/before_images/b2.jpg"]
+    assert world.images(5, "before_images") == ["5/before_images/b1.jpg", "5/before_images/b2.jpg"]
     assert world.images(5, "after_images") == ["5/after_images/a1.jpg"]
     assert world.writes() == 1
 
@@ -210,7 +218,7 @@ def test_guard_allows_small_deletions(world: World) -> None:
 def test_invalid_value_is_reported_and_left_alone(world: World) -> None:
     world.create_table(columns={"images": "jsonb" if world.postgres else "text"})
     world.insert(1, None)
-    bad = "'{\"not\": \"a list\"}'" if world.postgres else "'not json'"
+    bad = '\'{"not": "a list"}\'' if world.postgres else "'not json'"
     world.execute(f"UPDATE portfolios SET images = {bad} WHERE id = 1")
     world.execute("DELETE FROM write_log")
     world.put("1/a.jpg")

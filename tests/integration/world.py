@@ -78,8 +78,7 @@ class World:
 
     def env(self, **more: str) -> dict[str, str]:
         """Environment for a `portfolio-sync` subprocess pointed at this world."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PORTFOLIO_SYNC_", "AWS_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTFOLIO_SYNC_", "AWS_"))}
         env["PORTFOLIO_SYNC_DATABASE_URL"] = self.database_url
         if self.s3 is not None:
             env.update(self.s3.env())
@@ -113,8 +112,9 @@ class World:
             self.root.joinpath(*path.split("/")).unlink()
 
     # ---- table ------------------------------------------------------------------------
-    def create_table(self, *, key: str = "int", columns: dict[str, str] | None = None,
-                     table: str = "portfolios") -> None:
+    def create_table(
+        self, *, key: str = "int", columns: dict[str, str] | None = None, table: str = "portfolios"
+    ) -> None:
         """`columns` maps column name to "array" | "jsonb" | "json" | "text" (default:
         text[] on Postgres, JSON text on SQLite)."""
         columns = columns or {"images": "array" if self.postgres else "text"}
@@ -131,48 +131,65 @@ class World:
             conn.execute(sa.text(f"CREATE TABLE {table} (id {key_sql}, title TEXT, {cols})"))
             conn.execute(sa.text("CREATE TABLE write_log (key TEXT, at_ms BIGINT)"))
             if self.postgres:
-                conn.execute(sa.text(
-                    "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN INSERT INTO write_log VALUES (NEW.id::text, 0); RETURN NEW; END $$"))
-                conn.execute(sa.text(
-                    f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                    "FOR EACH ROW EXECUTE FUNCTION log_write()"))
+                conn.execute(
+                    sa.text(
+                        "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                        "BEGIN INSERT INTO write_log VALUES (NEW.id::text, 0); RETURN NEW; END $$"
+                    )
+                )
+                conn.execute(
+                    sa.text(
+                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
+                        "FOR EACH ROW EXECUTE FUNCTION log_write()"
+                    )
+                )
             else:
-                conn.execute(sa.text(
-                    f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                    "BEGIN INSERT INTO write_log VALUES (NEW.id, 0); END"))
+                conn.execute(
+                    sa.text(
+                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
+                        "BEGIN INSERT INTO write_log VALUES (NEW.id, 0); END"
+                    )
+                )
 
     def _encode(self, column: str) -> str:
         kind = self.column_types[column]
-        return {"array": f"CAST(:{column} AS TEXT[])", "jsonb": f"CAST(:{column} AS JSONB)",
-                "json": f"CAST(:{column} AS JSON)"}.get(kind, f":{column}")
+        return {
+            "array": f"CAST(:{column} AS TEXT[])",
+            "jsonb": f"CAST(:{column} AS JSONB)",
+            "json": f"CAST(:{column} AS JSON)",
+        }.get(kind, f":{column}")
 
     def _value(self, column: str, images: list[str] | None) -> Any:
         if images is None or self.column_types[column] == "array":
             return images
         return json.dumps(images)
 
-    def insert(self, key: Any, images: list[str] | None = None, **others: list[str] | None
-               ) -> None:
+    def insert(self, key: Any, images: list[str] | None = None, **others: list[str] | None) -> None:
         values = {next(iter(self.column_types)): images, **others}
         cols = ", ".join(values)
         params = ", ".join(self._encode(c) for c in values)
         with self.engine.begin() as conn:
-            conn.execute(sa.text(f"INSERT INTO portfolios (id, title, {cols}) "
-                                 f"VALUES (:id, 'title', {params})"),
-                         {"id": key, **{c: self._value(c, v) for c, v in values.items()}})
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO portfolios (id, title, {cols}) VALUES (:id, 'title', {params})"
+                ),
+                {"id": key, **{c: self._value(c, v) for c, v in values.items()}},
+            )
 
     def set_images(self, key: Any, images: list[str] | None, column: str | None = None) -> None:
         column = column or next(iter(self.column_types))
         with self.engine.begin() as conn:
-            conn.execute(sa.text(f"UPDATE portfolios SET {column} = {self._encode(column)} "
-                                 "WHERE id = :id"), {"id": key, column: self._value(column, images)})
+            conn.execute(
+                sa.text(f"UPDATE portfolios SET {column} = {self._encode(column)} WHERE id = :id"),
+                {"id": key, column: self._value(column, images)},
+            )
 
     def images(self, key: Any, column: str | None = None) -> list[str] | None:
         column = column or next(iter(self.column_types))
         with self.engine.connect() as conn:
-            value = conn.execute(sa.text(f"SELECT {column} FROM portfolios WHERE id = :id"),
-                                 {"id": key}).scalar_one()
+            value = conn.execute(
+                sa.text(f"SELECT {column} FROM portfolios WHERE id = :id"), {"id": key}
+            ).scalar_one()
         if isinstance(value, str):
             return list(json.loads(value))
         return value  # type: ignore[no-any-return]
@@ -187,5 +204,6 @@ class World:
 
     def written_keys(self) -> list[str]:
         with self.engine.connect() as conn:
-            return sorted(str(k) for k in conn.execute(sa.text("SELECT key FROM write_log"))
-                          .scalars())
+            return sorted(
+                str(k) for k in conn.execute(sa.text("SELECT key FROM write_log")).scalars()
+            )
