@@ -92,7 +92,9 @@ class Catalog:
         if missing:
             raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
         self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
-        self._quote = quote
+        self.key_column = key_column
+        self.all_columns = tuple(c.name for c in reflected.c)
+        self.quote = self._quote = quote
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

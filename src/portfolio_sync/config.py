@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, ge=1, le=5000)
     workers: int = Field(4, ge=1, le=256)
     debounce: float = Field(0.25, ge=0.0, le=60.0)
+    sns_auto_confirm: bool = False
+    max_body_bytes: int = Field(1 << 20, ge=1024)
 
     @field_validator("collections", mode="before")
     @classmethod

@@ -63,6 +63,7 @@ class SyncResult:
     error: str | None = None
     duration_ms: float = 0.0
     dry_run: bool = False
+    listed: frozenset[str] = frozenset()  # storage paths the listing showed (sync_one only)
 
 
 @dataclass(slots=True, kw_only=True)

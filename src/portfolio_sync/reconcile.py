@@ -9,6 +9,7 @@ batches, so its cost is one listing plus one table read and its memory one batch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -110,34 +111,25 @@ class Reconciler:
         for _ in range(CAS_ATTEMPTS):
             row = self.catalog.read_row(key)  # strictly before the listing (invariant 1)
             objects = self.storage.list_prefix(self.layout.folder(key))
+            listed = frozenset(o.path for o in objects)
+
+            done = functools.partial(SyncResult, key=key, dry_run=dry_run, listed=listed)
             if row is None:
-                return SyncResult(
-                    key=key,
-                    status="orphan" if objects else "missing",
-                    duration_ms=_ms(started),
-                    dry_run=dry_run,
-                )
+                return done(status="orphan" if objects else "missing", duration_ms=_ms(started))
             if row.invalid:
-                return SyncResult(
-                    key=key,
-                    status="error",
-                    error=row.invalid,
-                    duration_ms=_ms(started),
-                    dry_run=dry_run,
-                )
-            change = plan(row, self.layout.select(key, objects), self.layout)
+                return done(status="error", error=row.invalid, duration_ms=_ms(started))
+            images = self.layout.select(key, objects)
+            change = plan(row, images, self.layout)
             if change is None:
                 if not dry_run:
-                    images = [o for found in self.layout.select(key, objects) for o in found]
-                    schema.record_checked(self.catalog.engine, key, fingerprint(images))
-                return SyncResult(
-                    key=key, status="unchanged", duration_ms=_ms(started), dry_run=dry_run
-                )
+                    found = [o for collection in images for o in collection]
+                    schema.record_checked(self.catalog.engine, key, fingerprint(found))
+                return done(status="unchanged", duration_ms=_ms(started))
             if dry_run:
-                return _changed(change, started, dry_run=True)
+                return _changed(change, started, dry_run=True, listed=listed)
             written = self.catalog.apply([change], trigger=trigger, durations={key: _ms(started)})
             if key in written:
-                return _changed(change, started)
+                return _changed(change, started, listed=listed)
             logger.info(
                 "row changed during sync, retrying", extra={"action": "cas_retry", "key": key}
             )
@@ -352,7 +344,9 @@ def _check_order(previous: bytes, current: bytes | None, side: str) -> bytes:
     return current
 
 
-def _changed(change: Plan, started: float, *, dry_run: bool = False) -> SyncResult:
+def _changed(
+    change: Plan, started: float, *, dry_run: bool = False, listed: frozenset[str] = frozenset()
+) -> SyncResult:
     return SyncResult(
         key=change.key,
         status="changed",
@@ -360,6 +354,7 @@ def _changed(change: Plan, started: float, *, dry_run: bool = False) -> SyncResu
         removed=change.removed,
         duration_ms=_ms(started) if started else 0.0,
         dry_run=dry_run,
+        listed=listed,
     )
 
 

@@ -55,13 +55,33 @@ history = sa.Table(
 )
 
 
+outbox = sa.Table(
+    "portfolio_sync_outbox",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("old_images", sa.Text),
+)
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
         table.create(conn, checkfirst=True)
 
 
+def _v2(conn: sa.Connection) -> None:
+    outbox.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
+    (2, "outbox table filled by row triggers", _v2),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -174,6 +194,18 @@ def record_writes(
         ],
         ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts"),
     )
+
+
+def record_event(
+    engine: sa.Engine, key: str, *, trigger: str, added: list[str], removed: list[str]
+) -> None:
+    """A history entry that is not a row write (e.g. the row was deleted by the app)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(history).values(
+                key=key, at=now(), trigger=trigger, added=added, removed=removed, duration_ms=0.0
+            )
+        )
 
 
 def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None:

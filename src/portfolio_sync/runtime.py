@@ -1,0 +1,367 @@
+"""The always-on service: sources turn into keys, the queue turns keys into syncs.
+
+`Runtime` owns the work queue and the background sources of one `serve` process: the
+catch-up pass at start, the cron scheduler, the folder watcher (local storage) and the
+outbox drainer (SQLite row triggers). The HTTP layer (`server.py`) only calls `request`,
+`request_all`, `row_deleted` and the read helpers here; it never touches rows.
+
+Events are hints: a sync requested by an event re-reads both sides. When storage lags its
+events (the listing does not yet show a created object, or still shows a deleted one), the
+key is retried with backoff for a bounded time (`Expectations`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from cronsim import CronSim
+
+from portfolio_sync import outbox, schema
+from portfolio_sync.errors import PortfolioSyncError
+from portfolio_sync.metrics import Metrics
+from portfolio_sync.queue import ALL
+from portfolio_sync.queue.local import LocalQueue
+from portfolio_sync.reconcile import plan
+from portfolio_sync.service import Service
+from portfolio_sync.storage import LocalStorage
+
+logger = logging.getLogger(__name__)
+
+EXPECT_SECONDS = 30.0  # how long a storage event may run ahead of the listing
+
+
+class SyncFailed(PortfolioSyncError):
+    """The sync failed; the queue retries it with backoff."""
+
+
+class StorageLagging(PortfolioSyncError):
+    """Storage does not show an event's change yet; retried with backoff."""
+
+
+class Expectations:
+    """Per key, what recent storage events said each path should be (present or not)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, dict[str, tuple[bool, float]]] = {}
+
+    def add(self, key: str, expect: Mapping[str, bool]) -> None:
+        deadline = time.monotonic() + EXPECT_SECONDS
+        paths = self._by_key.setdefault(key, {})
+        for path, present in expect.items():
+            paths[path] = (present, deadline)
+
+    def unmet(self, key: str, listed: frozenset[str]) -> list[str]:
+        """Drop met or expired expectations; return the paths storage has not caught up on."""
+        paths = self._by_key.get(key)
+        if not paths:
+            return []
+        now = time.monotonic()
+        waiting = []
+        for path, (present, deadline) in list(paths.items()):
+            if (path in listed) == present:
+                del paths[path]
+            elif now > deadline:
+                del paths[path]
+                logger.warning(
+                    "storage never showed an event's change",
+                    extra={
+                        "action": "expectation_expired",
+                        "key": key,
+                        "path": path,
+                        "present": present,
+                    },
+                )
+            else:
+                waiting.append(path)
+        if not paths:
+            del self._by_key[key]
+        return waiting
+
+
+class Runtime:
+    """One service process: queue + sources around an open `Service`."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        watch: bool = True,
+        catch_up: bool = True,
+        outbox_interval: float = 0.5,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.layout = service.layout
+        self.metrics = Metrics()
+        self.expectations = Expectations()
+        self.queue = LocalQueue(
+            self._run,
+            workers=self.settings.workers,
+            debounce=self.settings.debounce,
+            on_failure=self._on_failure,
+            max_attempts=8,
+            backoff_initial=0.25,
+            backoff_max=10.0,
+            backoff_jitter=0.25,
+        )
+        self.metrics.queue_pending.set_function(lambda: self.queue.pending)
+        self.metrics.queue_running.set_function(lambda: len(self.queue.running))
+        self.watch = watch and isinstance(service.storage, LocalStorage)
+        self.catch_up = catch_up
+        self.outbox_interval = outbox_interval
+        self.next_full_pass: datetime | None = None
+        self.started_at = datetime.now(UTC)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._wake_outbox = asyncio.Event()
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.queue.start()
+        if self.catch_up:
+            await self.queue.request_all("startup")
+        self._spawn(self._schedule_loop(), "scheduler")
+        if self.watch:
+            self._spawn(self._watch_loop(), "watcher")
+        if await asyncio.to_thread(outbox.installed, self.service.catalog):
+            self._spawn(self._outbox_loop(), "outbox")
+        logger.info(
+            "service started",
+            extra={
+                "action": "service_started",
+                "watch": self.watch,
+                "schedule": self.settings.schedule,
+            },
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        dropped = await self.queue.stop(timeout=timeout)
+        logger.info("service stopped", extra={"action": "service_stopped", "dropped": len(dropped)})
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"portfolio-sync-{name}"))
+
+    # ---- intake -------------------------------------------------------------------------
+    async def request(
+        self, key: str, trigger: str, *, expect: Mapping[str, bool] | None = None
+    ) -> bool:
+        """Ask for a sync of `key`; `expect` says which paths the event saw appear/vanish."""
+        if expect:
+            self.expectations.add(key, expect)
+        return await self.queue.request(key, trigger)
+
+    async def request_all(self, trigger: str) -> bool:
+        return await self.queue.request_all(trigger)
+
+    def seen_before(self, message_id: str) -> bool:
+        """Remember webhook ids (bounded); True if this one was already processed."""
+        if message_id in self._seen_ids:
+            self._seen_ids.move_to_end(message_id)
+            return True
+        self._seen_ids[message_id] = None
+        while len(self._seen_ids) > 10_000:
+            self._seen_ids.popitem(last=False)
+        return False
+
+    async def row_deleted(self, key: str, old_images: list[str] | None, trigger: str) -> bool:
+        """A portfolio row was deleted: record it, report its folder if it still has one.
+
+        Returns True when the folder still holds objects (an orphan now).
+        """
+
+        def work() -> bool:
+            schema.record_event(
+                self.service.catalog.engine,
+                key,
+                trigger=trigger,
+                added=[],
+                removed=list(old_images or []),
+            )
+            objects = self.service.storage.list_prefix(self.layout.folder(key))
+            return bool(objects)
+
+        orphan = await asyncio.to_thread(work)
+        if orphan:
+            logger.warning(
+                "row deleted, folder kept (orphan)",
+                extra={"action": "orphan_folder", "key": key, "folder": self.layout.folder(key)},
+            )
+        return orphan
+
+    def wake_outbox(self) -> None:
+        self._wake_outbox.set()
+
+    # ---- the runner the queue calls -----------------------------------------------------
+    async def _run(self, key: str, trigger: str) -> None:
+        rec = self.service.reconciler
+        if key == ALL:
+            report = await asyncio.to_thread(
+                rec.sync_all, trigger, on_conflict=self._requeue_from_thread
+            )
+            self.metrics.pass_done(report, time.time())
+            if report.aborted and report.errors:
+                raise SyncFailed(report.aborted)
+            return
+        result = await asyncio.to_thread(rec.sync_one, key, trigger)
+        self.metrics.sync_done(result, trigger)
+        if result.status in ("error", "conflict"):
+            raise SyncFailed(result.error or result.status)
+        waiting = self.expectations.unmet(key, result.listed)
+        if waiting:
+            raise StorageLagging(
+                f"storage does not show {len(waiting)} change(s) yet: {waiting[0]}"
+            )
+
+    def _requeue_from_thread(self, key: str) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.queue.request(key, "conflict"), self._loop)
+
+    async def _on_failure(self, key: str, exc: BaseException, attempt: int) -> None:
+        reason = "lagging" if isinstance(exc, StorageLagging) else "error"
+        self.metrics.retries.labels(reason).inc()
+
+    # ---- sources ------------------------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while not self._stop.is_set():
+            now = datetime.now(UTC)
+            self.next_full_pass = next(iter(CronSim(self.settings.schedule, now)))
+            await asyncio.sleep(max(0.0, (self.next_full_pass - now).total_seconds()))
+            await self.queue.request_all("schedule")
+
+    async def _watch_loop(self) -> None:
+        from watchfiles import Change, awatch
+
+        storage = self.service.storage
+        assert isinstance(storage, LocalStorage)
+        root = str(storage.root.resolve())
+        async for changes in awatch(
+            root, watch_filter=None, debounce=30, step=10, stop_event=self._stop, recursive=True
+        ):
+            keys: dict[str, dict[str, bool]] = {}
+            for change, full in changes:
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                key = self._key_for_watch(rel, full, deleted=change == Change.deleted)
+                if key is not None:
+                    keys.setdefault(key, {})
+            for key in keys:
+                self.metrics.events.labels("watcher", "accepted").inc()
+                await self.request(key, "watcher")
+
+    def _key_for_watch(self, rel: str, full: str, *, deleted: bool) -> str | None:
+        """Image files, and folders (created, deleted, moved) under a portfolio folder."""
+        key = self.layout.affects(rel)
+        if key is not None:
+            return key
+        prefix = self.layout.prefix
+        if not rel.startswith(prefix):
+            return None
+        name, sep, rest = rel[len(prefix) :].partition("/")
+        if not self.layout.is_key(name):
+            return None
+        if not sep:  # the portfolio folder itself appeared, vanished or was renamed
+            return name
+        last = rest.rpartition("/")[2]
+        if last.startswith("."):
+            return None
+        is_dir = os.path.isdir(full) if not deleted else "." not in last
+        return name if is_dir else None
+
+    async def _outbox_loop(self) -> None:
+        catalog = self.service.catalog
+        while not self._stop.is_set():
+            try:
+                entries = await asyncio.to_thread(outbox.take, catalog)
+                for entry in entries:
+                    self.metrics.events.labels("outbox", "accepted").inc()
+                    if entry.op == "DELETE":
+                        await self.row_deleted(entry.key, entry.old_images, "database:DELETE")
+                    await self.request(entry.key, f"database:{entry.op}")
+            except PortfolioSyncError as exc:
+                logger.error(
+                    "outbox drain failed", extra={"action": "outbox_failed", "error": str(exc)}
+                )
+            try:
+                async with asyncio.timeout(self.outbox_interval):
+                    await self._wake_outbox.wait()
+            except TimeoutError:
+                pass
+            self._wake_outbox.clear()
+
+    # ---- reads for the HTTP layer -------------------------------------------------------
+    def portfolio(self, key: str) -> dict[str, Any] | None:
+        """Row images, folder listing, in-sync flag, last sync and last error (blocking)."""
+        svc = self.service
+        row = svc.catalog.read_row(key)
+        objects = svc.storage.list_prefix(self.layout.folder(key))
+        state = schema.read_state(svc.catalog.engine, key)
+        if row is None and not objects:
+            return None
+        listing = {
+            c.column: [o.path for o in found]
+            for c, found in zip(
+                self.layout.collections, self.layout.select(key, objects), strict=True
+            )
+        }
+        columns = {
+            c.column: (row.values[i] if row else None)
+            for i, c in enumerate(self.layout.collections)
+        }
+        in_sync = (
+            row is not None
+            and not row.invalid
+            and plan(row, self.layout.select(key, objects), self.layout) is None
+        )
+        return {
+            "key": key,
+            "row_exists": row is not None,
+            "columns": columns,
+            "listing": listing,
+            "in_sync": in_sync,
+            "invalid": row.invalid if row else None,
+            "last_synced_at": state and state["last_synced_at"],
+            "last_error": state and state["last_error"],
+            "attempts": state["attempts"] if state else 0,
+        }
+
+    def check_ready(self) -> dict[str, str]:
+        """ "ok" or the error, for the database and the storage (blocking)."""
+        checks: dict[str, str] = {}
+        try:
+            self.service.catalog.count_rows()
+            checks["database"] = "ok"
+        except PortfolioSyncError as exc:
+            checks["database"] = str(exc)
+        try:
+            self.service.storage.check()
+            checks["storage"] = "ok"
+        except PortfolioSyncError as exc:
+            checks["storage"] = str(exc)
+        return checks
+
+
+def storage_root(service: Service) -> Path | None:
+    storage = service.storage
+    return storage.root if isinstance(storage, LocalStorage) else None
