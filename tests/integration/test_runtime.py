@@ -1,0 +1,211 @@
+"""The service runtime without HTTP: outbox triggers, folder watcher, storage lag, queue.
+
+Real SQLite files / PostgreSQL, real folders / moto S3, the real asyncio runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from portfolio_sync import outbox, schema
+from portfolio_sync.runtime import Runtime
+from tests.integration.world import World
+
+
+@asynccontextmanager
+async def running(
+    world: World, *, watch: bool = False, triggers: bool = False, **settings: Any
+) -> AsyncIterator[Runtime]:
+    settings.setdefault("debounce", 0.05)
+    with world.service(**settings) as svc:
+        if triggers:
+            outbox.run(svc.catalog, outbox.install_sql(svc.catalog))
+        runtime = Runtime(svc, watch=watch, outbox_interval=0.1)
+        async with runtime:
+            await asyncio.wait_for(runtime.queue.join(), 30)  # the catch-up pass
+            yield runtime
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll until `check()` holds; returns the seconds it took (bounded)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def _sqlite(world: World) -> sqlite3.Connection:
+    return sqlite3.connect(world.database_url.removeprefix("sqlite:///"), isolation_level=None)
+
+
+async def test_catch_up_pass_on_start(world: World) -> None:
+    world.create_table()
+    world.insert(1, None)
+    world.put("1/a.jpg")
+    async with running(world):
+        assert world.images(1) == ["1/a.jpg"]
+
+
+async def test_app_row_changes_reach_the_outbox_and_sync(tmp_path: Any, world: World) -> None:
+    if world.postgres:
+        return await _postgres_has_no_outbox(world)
+    world.create_table()
+    world.put("5/a.jpg")
+    world.put("6/b.jpg")
+    async with running(world, triggers=True) as runtime:
+        db = _sqlite(world)
+        try:
+            db.execute("INSERT INTO portfolios (id, title) VALUES (5, 'new')")
+            await eventually(lambda: world.images(5) == ["5/a.jpg"])
+            # a rolled back insert queues nothing
+            db.execute("BEGIN")
+            db.execute("INSERT INTO portfolios (id, title) VALUES (6, 'rolled back')")
+            db.execute("ROLLBACK")
+            # our own kind of write (images only) queues nothing
+            before = runtime.metrics.events.labels("outbox", "accepted")._value.get()
+            db.execute("UPDATE portfolios SET images = '[\"5/a.jpg\"]' WHERE id = 5")
+            await asyncio.sleep(0.4)
+            assert runtime.metrics.events.labels("outbox", "accepted")._value.get() == before
+            # a title edit is work (a cheap no-op sync: nothing to write)
+            writes = world.writes()
+            db.execute("UPDATE portfolios SET title = 'renamed' WHERE id = 5")
+            await eventually(
+                lambda: (
+                    runtime.metrics.events.labels("outbox", "accepted")._value.get() == before + 1
+                )
+            )
+            await asyncio.wait_for(runtime.queue.join(), 10)
+            assert world.writes() == writes + 1  # the app's own UPDATE; the sync wrote nothing
+            # a delete is recorded in history, and the folder reported as orphan
+            db.execute("DELETE FROM portfolios WHERE id = 5")
+            await eventually(
+                lambda: any(
+                    h["trigger"] == "database:DELETE"
+                    for h in schema.read_history(runtime.service.catalog.engine, "5")
+                )
+            )
+            entry = schema.read_history(runtime.service.catalog.engine, "5")[0]
+            assert entry["removed"] == ["5/a.jpg"]
+        finally:
+            db.close()
+
+
+async def _postgres_has_no_outbox(world: World) -> None:
+    """On PostgreSQL the outbox triggers are not installed (jobs are deferred instead)."""
+    world.create_table()
+    with world.service() as svc:
+        assert outbox.install_sql(svc.catalog) == []
+        assert not outbox.installed(svc.catalog)
+
+
+async def test_setup_cli_installs_prints_and_uninstalls_triggers(world: World) -> None:
+    from tests.acceptance.cli import run
+
+    world.create_table()
+    proc = run("setup", env=world.env())
+    assert proc.returncode == 0, proc.stderr
+    if world.postgres:
+        assert "installed row triggers" not in proc.stdout
+        return
+    assert (
+        "installed row triggers on portfolios (INSERT, DELETE, UPDATE of id, title)" in proc.stdout
+    )
+    printed = run("setup", "--print-sql", env=world.env()).stdout
+    assert "CREATE TRIGGER" in printed and "AFTER UPDATE OF id, title ON portfolios" in printed
+    assert run("setup", env=world.env()).returncode == 0  # idempotent
+    db = _sqlite(world)
+    try:
+        count = (
+            "SELECT count(*) FROM sqlite_master "
+            "WHERE type = 'trigger' AND name LIKE 'portfolio_sync_%'"
+        )
+        assert db.execute(count).fetchone()[0] == 3
+        assert run("setup", "--uninstall", env=world.env()).returncode == 0
+        assert db.execute(count).fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+async def test_events_ahead_of_storage_are_rechecked(world: World) -> None:
+    """Supabase's storage.objects trigger fires before the object is readable."""
+    world.create_table()
+    world.insert(3, None)
+    async with running(world) as runtime:
+        await runtime.request("3", "storage:test", expect={"3/late.jpg": True})
+        await asyncio.sleep(0.6)
+        assert world.images(3) == []
+        world.put("3/late.jpg")  # appears after its event, without another event
+        took = await eventually(lambda: world.images(3) == ["3/late.jpg"], timeout=15)
+        assert took < 15
+        assert runtime.metrics.retries.labels("lagging")._value.get() >= 1
+
+
+async def test_folder_watcher_follows_files_and_folders(tmp_path: Any, world: World) -> None:
+    if world.postgres:
+        return  # S3 has no watcher; storage events are covered in test_serve
+    world.create_table(key="text")
+    for key in ("a", "b", "c"):
+        world.insert(key, None)
+    world.put("a/1.jpg")
+    async with running(world, watch=True) as runtime:
+        assert world.root is not None
+        shutil.copy(world.root / "a" / "1.jpg", world.root / "a" / "2.jpg")
+        took = await eventually(lambda: world.images("a") == ["a/1.jpg", "a/2.jpg"])
+        assert took < 1.0  # a dropped file reaches its row within a second
+        (world.root / "a" / "1.jpg").unlink()
+        await eventually(lambda: world.images("a") == ["a/2.jpg"])
+        # a whole folder moved to another portfolio
+        (world.root / "a").rename(world.root / "b")
+        await eventually(lambda: world.images("a") == [] and world.images("b") == ["b/2.jpg"])
+        # editor temp files and non-images do not cost a sync
+        await asyncio.wait_for(runtime.queue.join(), 10)
+        before = runtime.metrics.events.labels("watcher", "accepted")._value.get()
+        (world.root / "b" / ".2.jpg.swp").write_bytes(b"x")
+        (world.root / "b" / "notes.txt").write_bytes(b"x")
+        (world.root / "b" / "2.jpg~").write_bytes(b"x")
+        await asyncio.sleep(0.5)
+        assert runtime.metrics.events.labels("watcher", "accepted")._value.get() == before
+
+
+async def test_scheduler_reports_next_run(world: World) -> None:
+    world.create_table()
+    async with running(world, schedule="*/5 * * * *") as runtime:
+        await eventually(lambda: runtime.next_full_pass is not None)
+        assert runtime.next_full_pass is not None
+        assert runtime.next_full_pass.minute % 5 == 0
+        remaining = runtime.next_full_pass.timestamp() - time.time()
+        assert 0 < remaining <= 300
+
+
+@pytest.mark.parametrize("burst", [1000])
+async def test_burst_for_one_key_costs_a_handful_of_syncs(world: World, burst: int) -> None:
+    world.create_table()
+    world.insert(9, None)
+    async with running(world) as runtime:
+        base = sum(
+            runtime.metrics.syncs.labels("storage", s)._value.get()
+            for s in ("changed", "unchanged")
+        )
+        for i in range(burst):
+            world.put(f"9/img{i}.jpg") if i % 100 == 0 else None
+            await runtime.request("9", "storage:burst")
+        await asyncio.wait_for(runtime.queue.join(), 30)
+        syncs = (
+            sum(
+                runtime.metrics.syncs.labels("storage", s)._value.get()
+                for s in ("changed", "unchanged")
+            )
+            - base
+        )
+        assert 1 <= syncs <= 5
+        assert len(world.images(9) or []) == 10
