@@ -5,6 +5,8 @@ The tree::
     PortfolioSyncError
     ├── ConfigError          bad settings; the message names the setting
     ├── StorageError         listing or reading storage failed (never treated as "empty")
+    │   ├── ObjectNotFound   no object at that path (storage.py)
+    │   └── ObjectTooLarge   refused to read an object over the size limit (storage.py)
     ├── CatalogError         the database refused, or the table is not what we expect
     │   └── ValueShapeError  a row's images value is not a list of strings
     ├── GuardTripped         a bulk pass would empty too many rows

@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 Group = tuple[str, list[ObjectInfo]]
 
 
+class ObjectNotFound(StorageError):
+    """No object at that path."""
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the caller accepts."""
+
+
 def folder_order(name: str) -> bytes:
     """The order S3 lists folders in: UTF-8 bytes of `name/`.
 
@@ -55,6 +63,15 @@ class Storage(Protocol):
 
     def check(self) -> None:
         """Raise StorageError unless the root can be listed."""
+        ...
+
+    def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        """The whole object at `path` (a listed path, relative to the root).
+
+        Raises ObjectNotFound when there is none (or `path` points outside the storage),
+        ObjectTooLarge when it exceeds `max_bytes` (checked before the body is read),
+        StorageError otherwise. Meant for previews, not for bulk transfer.
+        """
         ...
 
     def close(self) -> None: ...
@@ -95,6 +112,37 @@ class LocalStorage:
             out: list[ObjectInfo] = []
             _walk(os.path.join(top, name), f"{prefix}{name}/", out)
             yield name, out
+
+    def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        # Resolving (symlinks included) before the containment check is what stops `..`
+        # segments and links that lead out of the root.
+        try:
+            root = self.root.resolve()
+            target = (root / path).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+            raise StorageError(f"cannot read {path} in {self.description}: {exc}") from exc
+        if not path or not target.is_relative_to(root) or target == root:
+            raise ObjectNotFound(f"{path!r} is not a file in {self.description}")
+        try:
+            # O_NONBLOCK: opening a FIFO must not hang; fstat then rejects anything irregular.
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectNotFound(f"no file {path} in {self.description}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path} in {self.description}: {exc}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ObjectNotFound(f"{path} in {self.description} is not a regular file")
+                if max_bytes is not None and st.st_size > max_bytes:
+                    raise ObjectTooLarge(f"{path} is {st.st_size} bytes (limit {max_bytes})")
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path} in {self.description}: {exc}") from exc
+        if max_bytes is not None and len(data) > max_bytes:  # grew while we read it
+            raise ObjectTooLarge(f"{path} is over {max_bytes} bytes")
+        return data
 
     def close(self) -> None:
         pass
@@ -225,6 +273,23 @@ class S3Storage:
                 objects.append(obj)
         if current is not None:
             yield current, objects
+
+    def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            result = obstore.get(self._store, path)
+            size = result.meta["size"]
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(f"{path} is {size} bytes (limit {max_bytes})")
+            return bytes(result.bytes())
+        except StorageError:
+            raise
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise ObjectNotFound(f"no object {path} in {self.description}") from exc
+        except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
+            raise StorageError(f"cannot read {path} from {self.description}: {exc}") from exc
 
     def close(self) -> None:
         pass

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from portfolio_sync.errors import StorageError
 from portfolio_sync.models import ObjectInfo
-from portfolio_sync.storage import Group, folder_order
+from portfolio_sync.storage import Group, ObjectNotFound, ObjectTooLarge, folder_order
 
 if TYPE_CHECKING:
     from portfolio_sync.storage import Storage
@@ -37,6 +37,7 @@ class MemoryStorage:
       `from` it). With `fail_after=N`, `iter_folders` first yields up to N folders, then
       raises: a listing that breaks mid-stream.
     - `requests` records each call as `(method, prefix)` so tests can count listings.
+    - `read(path)` returns the bytes given to `put(..., data=...)`, else `size` bytes 0xFF.
     """
 
     def __init__(
@@ -50,16 +51,26 @@ class MemoryStorage:
         self.fail_with: Exception | None = None
         self.fail_after: int | None = None
         self.requests: list[tuple[str, str]] = []
+        self.data: dict[str, bytes] = {}
         self.closed = False
         self._clock = count(1)
         for path, (size, mtime) in (objects or {}).items():
             self.put(path, size=size, mtime=mtime)
 
     # ---- test controls -----------------------------------------------------------------
-    def put(self, path: str, *, size: int = 1, mtime: float | None = None) -> ObjectInfo:
-        """Add or replace the object at `path` (relative, `/`-separated, no empty segment)."""
+    def put(
+        self, path: str, *, size: int = 1, mtime: float | None = None, data: bytes | None = None
+    ) -> ObjectInfo:
+        """Add or replace the object at `path` (relative, `/`-separated, no empty segment).
+
+        With `data`, `read` returns it and `size` is its length.
+        """
         if not path or path.startswith("/") or path.endswith("/") or "//" in path:
             raise ValueError(f"not an object path: {path!r}")
+        self.data.pop(path, None)
+        if data is not None:
+            size = len(data)
+            self.data[path] = data
         if size < 0:
             raise ValueError(f"negative size for {path!r}")
         stamp = float(next(self._clock)) if mtime is None else mtime
@@ -68,6 +79,7 @@ class MemoryStorage:
 
     def delete(self, path: str) -> None:
         self.objects.pop(path, None)
+        self.data.pop(path, None)
 
     def _raise_if_failing(self) -> None:
         error = self.fail_with
@@ -122,6 +134,16 @@ class MemoryStorage:
             yield name, groups[name]
         if self.fail_after is not None:
             self._raise_if_failing()
+
+    def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        self.requests.append(("read", path))
+        self._raise_if_failing()
+        if path not in self.objects:
+            raise ObjectNotFound(f"no object {path} in {self.description}")
+        size = self.objects[path][0]
+        if max_bytes is not None and size > max_bytes:
+            raise ObjectTooLarge(f"{path} is {size} bytes (limit {max_bytes})")
+        return self.data.get(path, b"\xff" * size)
 
     def close(self) -> None:
         self.closed = True

@@ -44,6 +44,9 @@ class PausingStorage:
                 self._pause()
             yield name, objects
 
+    def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        return self.inner.read(path, max_bytes=max_bytes)
+
     def check(self) -> None:
         self.inner.check()
 
