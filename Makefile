@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/portfolio-sync demo --dir demo
+	$(BIN)/portfolio-sync demo --dir demo --serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

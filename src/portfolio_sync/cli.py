@@ -198,14 +198,67 @@ def history(
 
 
 @app.command()
-def setup(ctx: typer.Context) -> None:
-    """Create or upgrade portfolio-sync's own tables (idempotent)."""
+def setup(
+    ctx: typer.Context,
+    print_sql: Annotated[
+        bool, typer.Option("--print-sql", help="Print the trigger SQL instead of running it.")
+    ] = False,
+    uninstall: Annotated[
+        bool, typer.Option("--uninstall", help="Remove the row triggers this command installed.")
+    ] = False,
+) -> None:
+    """Create or upgrade our own tables and install row triggers (idempotent).
+
+    On SQLite the triggers fill an outbox that `serve` drains, so rows the app creates,
+    edits or deletes are synced without any webhook. On PostgreSQL they defer a job in the
+    same transaction (see `worker`), after creating the job queue's schema if missing.
+    """
+    from portfolio_sync import outbox
+
     with open_service(settings_of(ctx), migrate=False) as svc:
-        applied = schema.migrate(svc.catalog.engine)
-    typer.echo(
-        "\n".join(f"applied migration {step}" for step in applied)
-        or f"schema is up to date (version {schema.LATEST})"
-    )
+        catalog = svc.catalog
+        statements = outbox.uninstall_sql(catalog) if uninstall else outbox.install_sql(catalog)
+        if print_sql:
+            typer.echo(";\n".join(statements) + (";" if statements else ""))
+            return
+        if uninstall:
+            outbox.run(catalog, statements)
+            typer.echo(f"removed {len(statements)} trigger(s) from {catalog.table_name}")
+            return
+        applied = schema.migrate(catalog.engine)
+        for step in applied:
+            typer.echo(f"applied migration {step}")
+        if not applied:
+            typer.echo(f"schema is up to date (version {schema.LATEST})")
+        if statements:
+            outbox.run(catalog, statements)
+            typer.echo(
+                f"installed row triggers on {catalog.table_name} "
+                f"(INSERT, DELETE, UPDATE of {', '.join(outbox.watched_columns(catalog))})"
+            )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", envvar=_ENV + "HOST", show_envvar=True, help="Address to listen on."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar=_ENV + "PORT", show_envvar=True, help="Port to listen on."),
+    ] = 8080,
+    watch: Annotated[
+        bool, typer.Option("--watch/--no-watch", help="Watch a local storage folder for changes.")
+    ] = True,
+) -> None:
+    """Run the service: HTTP hooks and API, work queue, scheduler, folder watcher."""
+    from portfolio_sync.serve import run_server
+
+    run_server(settings_of(ctx), host=host, port=port, watch=watch)
 
 
 @app.command()
@@ -232,11 +285,13 @@ def demo(
         "demo"
     ),
     portfolios: Annotated[int, typer.Option("--portfolios", help="How many.")] = 20,
+    serve: Annotated[bool, typer.Option("--serve", help="Then run the service on it.")] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for --serve.")] = 8080,
 ) -> None:
     """Create a demo (SQLite table + folder of generated images) and sync it."""
     from portfolio_sync.demo import run_demo
 
-    run_demo(directory, portfolios=portfolios)
+    run_demo(directory, portfolios=portfolios, serve=serve, port=port)
 
 
 def main() -> None:

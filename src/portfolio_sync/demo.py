@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from portfolio_sync import console
+from portfolio_sync import console, outbox
 from portfolio_sync.config import load_settings
 from portfolio_sync.service import open_service
 
@@ -113,7 +113,9 @@ def _json(values: list[str]) -> str:
     return json.dumps(values)
 
 
-def run_demo(directory: Path, *, portfolios: int = 20) -> None:
+def run_demo(
+    directory: Path, *, portfolios: int = 20, serve: bool = False, port: int = 8080
+) -> None:
     config = create_demo(directory, portfolios=portfolios)
     console.out.print(
         f"created {directory}/: {portfolios} portfolios in portfolio-sync.db, "
@@ -127,8 +129,22 @@ def run_demo(directory: Path, *, portfolios: int = 20) -> None:
     with open_service(settings) as svc:
         report = console.run_pass(svc, trigger="demo", dry_run=False)
         console.print_report(report, as_json=False)
+        outbox.run(svc.catalog, outbox.install_sql(svc.catalog))
+    if not serve:
+        console.out.print(
+            f"\nNext: cd {directory} && portfolio-sync status   (config: {config.name})\n"
+            "      drop a .jpg into storage/3/ and run: portfolio-sync sync 3\n"
+            "      portfolio-sync serve   keeps every row in sync as files and rows change"
+        )
+        return
+    url = f"http://127.0.0.1:{port}"
     console.out.print(
-        f"\nNext: cd {directory} && portfolio-sync status   (config: {config.name})\n"
-        "      drop a .jpg into storage/3/ and run: portfolio-sync sync 3\n"
-        "      portfolio-sync history 1   shows what the first sync changed"
+        f"\nServing the demo on {url}/  (dashboard; API docs at {url}/docs; Ctrl-C stops)\n"
+        f"Try: cp {directory}/storage/1/photo-1.jpg {directory}/storage/3/new.jpg\n"
+        f"     curl {url}/portfolios/3     (the row lists new.jpg within a second)\n"
+        f'     sqlite3 {directory}/portfolio-sync.db "INSERT INTO portfolios (id, title) '
+        f"VALUES ({portfolios + 1}, 'Orphan no more')\"\n"
     )
+    from portfolio_sync.serve import run_server
+
+    run_server(settings, host="127.0.0.1", port=port)

@@ -212,6 +212,41 @@ async def test_burst_spread_over_several_runs_stays_small(make_queue: Any) -> No
     assert rec.runs[-1].start > last_request
 
 
+async def test_long_burst_grows_the_settle_time_up_to_its_cap(make_queue: Any) -> None:
+    """A bulk upload lasting 2.5 s (longer than several debounces) still costs <= 5 runs,
+    and the last run starts within the cap (plus one run) after the last request."""
+    rec = Recorder(duration=0.02)
+    queue = make_queue(rec, debounce=0.25, settle_max=1.0)
+    await queue.start()
+    deadline = now() + 2.5
+    while now() < deadline:
+        await queue.request("a", "upload")
+        await asyncio.sleep(0.005)
+    last_request = now()
+    await join(queue, timeout=10)
+
+    starts = [r.start for r in rec.runs]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
+    print(f"long burst runs: {len(rec.runs)}, gaps {gaps}")
+    assert len(rec.runs) <= 5
+    assert gaps[0] >= 0.25 and gaps[1] >= 0.5  # doubling
+    assert all(g < 1.0 + 0.1 for g in gaps)  # capped
+    assert last_request < starts[-1] < last_request + 1.0 + 0.1
+
+
+async def test_settle_time_resets_when_the_key_goes_idle(make_queue: Any) -> None:
+    rec = Recorder(duration=0.01)
+    queue = make_queue(rec, debounce=0.05, settle_max=1.0)
+    await queue.start()
+    for _ in range(3):  # two bursts separated by idleness: each starts from `debounce`
+        await queue.request("a", "x")
+        await wait_for(lambda: len(rec.runs) >= 1)
+        await queue.request("a", "x")
+        await join(queue)
+    starts = [r.start for r in rec.runs]
+    assert all(b - a < 0.5 for a, b in itertools.pairwise(starts))
+
+
 # Rule 5: bounded concurrency overall, parallel across keys.
 async def test_concurrency_is_bounded_by_workers(make_queue: Any) -> None:
     rec = Recorder(duration=0.05)

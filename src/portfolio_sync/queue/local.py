@@ -53,6 +53,7 @@ class _Entry:
     dirty: bool = False
     dirty_trigger: str = ""
     timer: asyncio.TimerHandle | None = None
+    streak: int = 0  # follow-up runs in a row; grows the settle time of a long burst
 
 
 def backoff_delay(failures: int, *, initial: float, maximum: float, jitter: float) -> float:
@@ -104,6 +105,7 @@ class LocalQueue:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         backoff_jitter: float = 1.0,
+        settle_max: float = 1.0,
         on_failure: FailureHook | None = None,
         on_success: SuccessHook | None = None,
     ) -> None:
@@ -118,6 +120,7 @@ class LocalQueue:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._backoff_jitter = backoff_jitter
+        self._settle_max = settle_max
         self._on_failure = on_failure
         self._on_success = on_success
         self._entries: dict[str, _Entry] = {}
@@ -296,11 +299,23 @@ class LocalQueue:
         elif entry.dirty:
             entry.dirty = False
             entry.trigger = entry.dirty_trigger
-            self._delay(key, entry, self._debounce)
+            entry.streak += 1
+            self._delay(key, entry, self._settle_time(entry.streak))
         else:
             del self._entries[key]
         if not self._entries:
             self._idle.set()
+
+    def _settle_time(self, streak: int) -> float:
+        """Debounce doubled per consecutive follow-up, capped at ``settle_max``.
+
+        A key that is still busy after its follow-up run is in a long burst (a bulk upload):
+        waiting longer each time keeps such a burst at a handful of runs (about
+        log2(burst / debounce) + burst / settle_max), while the cap bounds how long after
+        the last event the final run starts. The entry, and so the streak, ends when the
+        key goes idle.
+        """
+        return min(self._debounce * 2.0 ** (streak - 1), max(self._debounce, self._settle_max))
 
     def _delay(self, key: str, entry: _Entry, seconds: float) -> None:
         entry.state = "delayed"

@@ -1,0 +1,80 @@
+"""`portfolio-sync serve`: one process running the HTTP app and the runtime in one loop.
+
+uvicorn handles SIGINT/SIGTERM: it stops accepting requests and finishes the ones in
+flight; then the runtime stops its sources and lets running syncs finish (or hands them
+back: the next start's catch-up pass covers them) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from portfolio_sync.config import Settings
+from portfolio_sync.runtime import Runtime
+from portfolio_sync.service import open_service
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the stop signal after its own shutdown.
+
+    uvicorn restores the default SIGTERM handler and raises the signal again once it has
+    stopped serving, which kills the process (exit -15) before the runtime can stop. Here
+    the handlers are only restored, so `serve` goes on to stop the runtime and exits 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def run_server(settings: Settings, *, host: str, port: int, watch: bool = True) -> None:
+    asyncio.run(serve(settings, host=host, port=port, watch=watch))
+
+
+async def serve(settings: Settings, *, host: str, port: int, watch: bool = True) -> None:
+    from portfolio_sync.server import create_app
+
+    with open_service(settings) as svc:
+        runtime = Runtime(svc, watch=watch)
+        app = create_app(runtime)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+        )
+        server = _Server(config)
+        if not settings.webhook_secret:
+            logger.warning(
+                "PORTFOLIO_SYNC_WEBHOOK_SECRET is not set: POST endpoints answer only "
+                "requests from this machine (loopback)",
+                extra={"action": "no_webhook_secret"},
+            )
+        async with runtime:
+            print(
+                f"portfolio-sync serving on http://{host}:{port}/ "
+                f"(database {svc.catalog.describe()}, storage {svc.storage.description})",
+                flush=True,
+            )
+            await server.serve()

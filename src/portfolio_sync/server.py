@@ -1,0 +1,223 @@
+"""The ASGI app: webhooks in, keys out; manual syncs, reads, health, metrics, dashboard.
+
+Routes are thin: POSTs go to `intake.Intake` (body limit, auth, parsing, queueing), reads
+go to the `Runtime`'s blocking helpers in a thread. Handlers never touch rows; only the
+reconciler writes. Exceptions become responses in `http_errors`. POSTs answer 202 when
+keys were queued and 200 when the request was fine but nothing needed queueing (a test
+event, a handshake, a duplicate, events outside the layout, our own row writes).
+
+Run it with `serve.py`: the app and the runtime share one event loop, which is what lets
+handlers await the queue directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from portfolio_sync import dashboard, http_errors
+from portfolio_sync.errors import PayloadError
+from portfolio_sync.http_errors import ErrorBody
+from portfolio_sync.intake import Intake, Queued, key_problem
+from portfolio_sync.queue import ALL
+from portfolio_sync.runtime import Runtime
+
+__all__ = ["create_app"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: Annotated[dict[str, str], Field(description='"ok" or the error, per backend.')]
+
+
+class Portfolio(BaseModel):
+    """A portfolio as both sides see it right now."""
+
+    key: str
+    row_exists: bool
+    columns: Annotated[
+        dict[str, list[str] | None], Field(description="The row's value per images column.")
+    ]
+    listing: Annotated[
+        dict[str, list[str]], Field(description="Storage paths per column, as listed now.")
+    ]
+    in_sync: bool
+    invalid: Annotated[str | None, Field(description="Why the row's value is unreadable.")]
+    last_synced_at: datetime | None
+    last_error: str | None
+    attempts: int
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "The body is not JSON.",
+        401: "Missing or wrong credentials (a webhook secret is configured).",
+        403: "No webhook secret is configured and the client is not on this machine.",
+        413: "The body is larger than max_body_bytes.",
+        422: "The JSON does not have a shape this endpoint understands.",
+        503: "Shutting down, or a backend is unavailable; retry later.",
+    }.items()
+}
+_HOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Queued, "description": "Accepted; nothing needed queueing."},
+    **_ERRORS,
+}
+_JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+def create_app(
+    runtime: Runtime, *, sns_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The HTTP app for ``runtime``, which must be started in the same event loop.
+
+    ``sns_transport`` replaces the network for SNS subscription confirmations (tests).
+    """
+    intake = Intake(runtime, sns_transport)
+    app = FastAPI(
+        title="portfolio-sync",
+        summary="Keeps each portfolio row's images equal to its storage folder.",
+        description="Webhooks and manual requests only queue keys; syncs re-read both "
+        "sides. POST endpoints need the webhook secret (or, without one, a loopback "
+        'client). Errors are `{"error": reason}`.',
+        version="0.1.0",
+    )
+    app.state.runtime = runtime  # the dashboard's routes find it here
+    http_errors.install(app)
+
+    @app.post(
+        "/hooks/storage",
+        status_code=202,
+        response_model=Queued,
+        tags=["hooks"],
+        responses=_HOOK_RESPONSES,
+        openapi_extra=_JSON_BODY,
+        summary="Storage event (S3, SNS, MinIO, R2, Supabase)",
+        description="Objects created or removed. Each affected portfolio is queued "
+        "once per request; events for another bucket, outside the folder layout or "
+        "for non-image files are ignored and counted. An SNS SubscriptionConfirmation "
+        "is logged, and confirmed only when `sns_auto_confirm` is on.",
+    )
+    async def storage_hook(request: Request, response: Response) -> Queued:
+        return _status(response, await intake.storage_hook(request))
+
+    @app.post(
+        "/hooks/database",
+        status_code=202,
+        response_model=Queued,
+        tags=["hooks"],
+        responses=_HOOK_RESPONSES,
+        openapi_extra=_JSON_BODY,
+        summary="Row event (Supabase database webhook)",
+        description="INSERT/UPDATE/DELETE on the configured table. An UPDATE that "
+        "changed only images columns is acknowledged and not queued: it is our own "
+        "write. A DELETE is recorded in the history, and the folder is reported if "
+        "it still has files.",
+    )
+    async def database_hook(request: Request, response: Response) -> Queued:
+        return _status(response, await intake.database_hook(request))
+
+    @app.post(
+        "/sync",
+        status_code=202,
+        response_model=Queued,
+        tags=["sync"],
+        responses=_ERRORS,
+        summary="Queue a full pass",
+        description="Lists all of storage once and fixes every drifted row; "
+        "coalesces with a pass already queued.",
+    )
+    async def sync_all(request: Request) -> Queued:
+        return await intake.sync(request, ALL)
+
+    @app.post(
+        "/sync/{key}",
+        status_code=202,
+        response_model=Queued,
+        tags=["sync"],
+        responses=_ERRORS,
+        summary="Queue one portfolio",
+        description="Re-reads the row and lists the folder of `key`.",
+    )
+    async def sync_one(request: Request, key: str) -> Queued:
+        return await intake.sync(request, key)
+
+    @app.get(
+        "/portfolios/{key}",
+        response_model=Portfolio,
+        tags=["read"],
+        responses={404: {"model": ErrorBody}, 503: _ERRORS[503]},
+        summary="One portfolio: row, listing, sync state",
+        description="Read live from both sides, so `in_sync` is current.",
+    )
+    async def portfolio(key: str) -> Portfolio:
+        if key_problem(runtime.layout, key):
+            raise PayloadError(f"no portfolio {key[:100]!r}", status=404)
+        found = await asyncio.to_thread(runtime.portfolio, key)
+        if found is None:
+            raise PayloadError(f"no portfolio {key[:100]!r}: no row, no folder", status=404)
+        return Portfolio.model_validate({k: _aware(v) for k, v in found.items()})
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["ops"],
+        summary="Liveness",
+        description="200 while the process serves requests; checks no backend.",
+    )
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        tags=["ops"],
+        summary="Readiness",
+        responses={503: {"model": Ready, "description": "A backend is unavailable."}},
+        description="Reads the table and lists storage; 503 names what failed.",
+    )
+    async def readyz(response: Response) -> Ready:
+        checks = await asyncio.to_thread(runtime.check_ready)
+        ok = all(v == "ok" for v in checks.values())
+        response.status_code = 200 if ok else 503
+        return Ready(status="ok" if ok else "unavailable", checks=checks)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(dashboard.router)
+    return app
+
+
+def _status(response: Response, result: Queued) -> Queued:
+    response.status_code = 202 if result.queued else 200
+    return result
+
+
+def _aware(value: object) -> object:
+    # SQLite hands back naive datetimes; we always store UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
