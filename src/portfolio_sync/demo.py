@@ -131,19 +131,20 @@ def run_demo(
         console.print_report(report, as_json=False)
         outbox.run(svc.catalog, outbox.install_sql(svc.catalog))
     if not serve:
-        console.out.print(
+        print(
             f"\nNext: cd {directory} && portfolio-sync status   (config: {config.name})\n"
             "      drop a .jpg into storage/3/ and run: portfolio-sync sync 3\n"
             "      portfolio-sync serve   keeps every row in sync as files and rows change"
         )
         return
     url = f"http://127.0.0.1:{port}"
-    console.out.print(
+    print(  # plain print: commands must not be wrapped
         f"\nServing the demo on {url}/  (dashboard; API docs at {url}/docs; Ctrl-C stops)\n"
         f"Try: cp {directory}/storage/1/photo-1.jpg {directory}/storage/3/new.jpg\n"
         f"     curl {url}/portfolios/3     (the row lists new.jpg within a second)\n"
         f'     sqlite3 {directory}/portfolio-sync.db "INSERT INTO portfolios (id, title) '
-        f"VALUES ({portfolios + 1}, 'Orphan no more')\"\n"
+        f"VALUES ({portfolios + 1}, 'Orphan no more')\"\n",
+        flush=True,
     )
     from portfolio_sync.serve import run_server
 
