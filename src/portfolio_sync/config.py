@@ -186,11 +186,11 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if not value:
+        if not value:  # an empty variable means "not set": AWS itself
             return None
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        if urlsplit(value).scheme not in ("http", "https"):
             raise ValueError(f"S3 endpoint {value!r} must be an http:// or https:// URL")
-        return value or None
+        return value
 
     @field_validator("folder")
     @classmethod

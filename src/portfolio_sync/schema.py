@@ -18,6 +18,17 @@ from portfolio_sync.models import Plan
 
 metadata = sa.MetaData()
 
+
+def _id_column() -> sa.Column[int]:
+    """Auto-increment id; INTEGER on SQLite, where only that type aliases the rowid."""
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 meta = sa.Table(
     "portfolio_sync_meta",
     metadata,
@@ -39,12 +50,7 @@ state = sa.Table(
 history = sa.Table(
     "portfolio_sync_history",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("key", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("trigger", sa.String(200), nullable=False),
@@ -58,12 +64,7 @@ history = sa.Table(
 outbox = sa.Table(
     "portfolio_sync_outbox",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("key", sa.Text, nullable=False),
     sa.Column("op", sa.String(16), nullable=False),
     sa.Column("old_images", sa.Text),
