@@ -14,7 +14,7 @@ from portfolio_sync import __version__, console, schema
 from portfolio_sync.config import Settings, load_settings
 from portfolio_sync.errors import ConfigError, PortfolioSyncError
 from portfolio_sync.logs import LogFormat, configure_logging
-from portfolio_sync.service import open_service
+from portfolio_sync.service import Service, open_service
 
 app = typer.Typer(
     name="portfolio-sync",
@@ -206,6 +206,14 @@ def setup(
     uninstall: Annotated[
         bool, typer.Option("--uninstall", help="Remove the row triggers this command installed.")
     ] = False,
+    storage_objects: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-objects",
+            metavar="BUCKET",
+            help="PostgreSQL (Supabase): also sync on uploads to BUCKET (storage.objects trigger).",
+        ),
+    ] = None,
 ) -> None:
     """Create or upgrade our own tables and install row triggers (idempotent).
 
@@ -216,6 +224,11 @@ def setup(
     from portfolio_sync import outbox
 
     with open_service(settings_of(ctx), migrate=False) as svc:
+        if svc.settings.is_postgres:
+            _setup_postgres(svc, print_sql=print_sql, uninstall=uninstall, bucket=storage_objects)
+            return
+        if storage_objects:
+            raise typer.BadParameter("needs a PostgreSQL database", param_hint="--storage-objects")
         catalog = svc.catalog
         statements = outbox.uninstall_sql(catalog) if uninstall else outbox.install_sql(catalog)
         if print_sql:
@@ -236,6 +249,18 @@ def setup(
                 f"installed row triggers on {catalog.table_name} "
                 f"(INSERT, DELETE, UPDATE of {', '.join(outbox.watched_columns(catalog))})"
             )
+
+
+def _setup_postgres(svc: Service, *, print_sql: bool, uninstall: bool, bucket: str | None) -> None:
+    from portfolio_sync import pg_setup
+
+    if print_sql:
+        sql = pg_setup.print_sql(svc.catalog, svc.settings, bucket=bucket, remove=uninstall)
+        typer.echo(sql, nl=False)
+        return
+    run = pg_setup.uninstall if uninstall else pg_setup.install
+    for line in run(svc.catalog, svc.settings, bucket=bucket):
+        typer.echo(line)
 
 
 @app.command()
@@ -259,6 +284,32 @@ def serve(
     from portfolio_sync.serve import run_server
 
     run_server(settings_of(ctx), host=host, port=port, watch=watch)
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", min=1, help="Syncs run at once (default: PORTFOLIO_SYNC_WORKERS, 4)."
+        ),
+    ] = None,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stall-timeout",
+            min=1.0,
+            envvar=_ENV + "STALL_TIMEOUT",
+            show_envvar=True,
+            help="Seconds without a heartbeat before a worker's jobs are retried elsewhere.",
+        ),
+    ] = 30.0,
+) -> None:
+    """Run queue workers only, no HTTP (PostgreSQL). Start as many as needed, anywhere."""
+    from portfolio_sync.worker import run_worker
+
+    run_worker(settings_of(ctx, workers=concurrency), stall_timeout=stall_timeout)
 
 
 @app.command()

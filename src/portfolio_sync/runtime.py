@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from cronsim import CronSim
 
@@ -32,6 +32,9 @@ from portfolio_sync.queue.local import LocalQueue
 from portfolio_sync.reconcile import plan
 from portfolio_sync.service import Service
 from portfolio_sync.storage import LocalStorage
+
+if TYPE_CHECKING:
+    from portfolio_sync.queue.procrastinate import ProcrastinateQueue, QueueOptions
 
 logger = logging.getLogger(__name__)
 
@@ -96,22 +99,36 @@ class Runtime:
         watch: bool = True,
         catch_up: bool = True,
         outbox_interval: float = 0.5,
+        queue_options: QueueOptions | None = None,
     ) -> None:
         self.service = service
         self.settings = service.settings
         self.layout = service.layout
         self.metrics = Metrics()
         self.expectations = Expectations()
-        self.queue = LocalQueue(
-            self._run,
-            workers=self.settings.workers,
-            debounce=self.settings.debounce,
-            on_failure=self._on_failure,
-            max_attempts=8,
-            backoff_initial=0.25,
-            backoff_max=10.0,
-            backoff_jitter=0.25,
-        )
+        self.queue: LocalQueue | ProcrastinateQueue
+        if self.settings.is_postgres:  # jobs in the database; its periodic task is the cron
+            from portfolio_sync.queue.procrastinate import ProcrastinateQueue
+
+            self.queue = ProcrastinateQueue(
+                self._run,
+                self.settings,
+                options=queue_options,
+                on_failure=self._on_failure,
+                on_expect=self.expectations.add,
+                on_row_deleted=self.row_deleted,
+            )
+        else:
+            self.queue = LocalQueue(
+                self._run,
+                workers=self.settings.workers,
+                debounce=self.settings.debounce,
+                on_failure=self._on_failure,
+                max_attempts=8,
+                backoff_initial=0.25,
+                backoff_max=10.0,
+                backoff_jitter=0.25,
+            )
         self.metrics.queue_pending.set_function(lambda: self.queue.pending)
         self.metrics.queue_running.set_function(lambda: len(self.queue.running))
         self.watch = watch and isinstance(service.storage, LocalStorage)
@@ -249,7 +266,8 @@ class Runtime:
             now = datetime.now(UTC)
             self.next_full_pass = next(iter(CronSim(self.settings.schedule, now)))
             await asyncio.sleep(max(0.0, (self.next_full_pass - now).total_seconds()))
-            await self.queue.request_all("schedule")
+            if not self.settings.is_postgres:  # there, procrastinate's periodic task defers it
+                await self.queue.request_all("schedule")
 
     async def _watch_loop(self) -> None:
         from watchfiles import Change, awatch

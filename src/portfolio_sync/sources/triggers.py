@@ -4,11 +4,17 @@ SQLite (embedded default): triggers append the key to `portfolio_sync_outbox`, w
 service drains. They fire on INSERT, DELETE, and UPDATE of any column *except* the images
 columns, so the service's own writes never come back as work (architecture invariant 5).
 `UPDATE OF` needs the column list: re-run `setup` after adding columns to the table.
+
+PostgreSQL: triggers defer a procrastinate job in the same transaction as the change, on
+the portfolio table and optionally on Supabase's `storage.objects` (see below).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 TRIGGER_PREFIX = "portfolio_sync_"
 
@@ -50,3 +56,248 @@ def sqlite_install(
 
 def sqlite_uninstall(*, table: str, quote: Callable[[str], str]) -> list[str]:
     return [f"DROP TRIGGER IF EXISTS {quote(name)}" for name in sqlite_trigger_names(table)]
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------
+# Row and storage.objects triggers insert a procrastinate job in the same transaction as the
+# change. The job row is written directly (not through procrastinate_defer_jobs_v1) because
+# only a plain INSERT can say `ON CONFLICT …`: a second change of a key whose job still
+# waits is absorbed by procrastinate's queueing-lock index instead of failing the user's
+# transaction. (A concurrent transaction deferring the same key waits for the first to
+# commit, as it would on the row lock of the row both change.)
+#
+# Functions are SECURITY DEFINER with a fixed search_path naming the schema that holds
+# procrastinate's tables: the roles that change rows (an app role behind PostgREST, Supabase
+# Storage's own role) need no rights on the jobs table, and procrastinate's own triggers on
+# that table resolve their unqualified names in the right schema whatever the caller's
+# search_path is.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobTarget:
+    """Where trigger-deferred jobs go; must match the worker's task (queue/procrastinate.py)."""
+
+    schema: str  # quoted identifier of the schema holding procrastinate_jobs
+    queue: str
+    task: str
+    lock_prefix: str
+    debounce: float = 0.0  # settle time of a job deferred while its key runs
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings, the default since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def slug(*parts: str) -> str:
+    """A short identifier tail for names derived from config values (table, bucket)."""
+    text = "_".join(parts)
+    clean = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")[:24]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return f"{clean}_{digest}" if clean else digest
+
+
+def _defer(target: JobTarget, key: str, trigger: str, extra: str | None = None) -> str:
+    """`INSERT` of one sync job for the text expression `key` (coalesced in SQL).
+
+    While a job of the key runs, the new one waits `debounce` seconds, so a burst of
+    changes during a sync costs one more sync after it settles (invariant 3). With `extra`
+    arguments (a storage event's `expect`, a deleted row's `old_images`), a waiting job
+    absorbs them (expectations are merged) rather than dropping them; this row lock on the
+    waiting job is held until the changing transaction ends, and workers skip the job
+    meanwhile (they fetch with SKIP LOCKED).
+    """
+    args = f"jsonb_build_object('key', {key}, 'trigger', {trigger})"
+    if extra:
+        args += f" || {extra}"
+    lock = f"{literal(target.lock_prefix)} || {key}"
+    settle = "NULL"
+    if target.debounce > 0:
+        settle = (
+            f"(SELECT clock_timestamp() + make_interval(secs => {target.debounce!r}) "
+            f"FROM procrastinate_jobs WHERE lock = {lock} AND status = 'doing' LIMIT 1)"
+        )
+    action = "DO NOTHING"
+    if extra:
+        action = (
+            "DO UPDATE SET args = procrastinate_jobs.args || EXCLUDED.args || "
+            "jsonb_build_object('expect', COALESCE(procrastinate_jobs.args -> 'expect', "
+            "'{}'::jsonb) || COALESCE(EXCLUDED.args -> 'expect', '{}'::jsonb))"
+        )
+    return (
+        "INSERT INTO procrastinate_jobs "
+        "(queue_name, task_name, lock, queueing_lock, args, scheduled_at) "
+        f"VALUES ({literal(target.queue)}, {literal(target.task)}, {lock}, {lock}, {args}, "
+        f"{settle}) ON CONFLICT (queueing_lock) WHERE status = 'todo' {action};"
+    )
+
+
+def _function_header(name: str, target: JobTarget) -> str:
+    return (
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+        f"SECURITY DEFINER SET search_path = {target.schema}, pg_catalog, pg_temp AS $fn$\n"
+    )
+
+
+def _old_images(columns: Sequence[tuple[str, str]], quote: Callable[[str], str]) -> str:
+    """All images of the deleted row as one jsonb array; never raises (JSON text is skipped)."""
+    parts = []
+    for name, kind in columns:
+        col = f"OLD.{quote(name)}"
+        if kind == "array":
+            parts.append(f"COALESCE(to_jsonb({col}), '[]'::jsonb)")
+        elif kind in ("json", "jsonb"):
+            parts.append(
+                f"CASE WHEN jsonb_typeof({col}::jsonb) = 'array' "
+                f"THEN {col}::jsonb ELSE '[]'::jsonb END"
+            )
+    return " || ".join(parts) or "'[]'::jsonb"
+
+
+def postgres_row_names(table: str) -> tuple[str, str, str]:
+    """(function, insert/delete trigger, update trigger); triggers are per table in PG."""
+    return (
+        f"portfolio_sync_defer_{slug(table)}",
+        "portfolio_sync_write",
+        "portfolio_sync_update",
+    )
+
+
+def postgres_row_install(
+    *,
+    table_sql: str,
+    table: str,
+    key: str,
+    images: Sequence[tuple[str, str]],
+    quote: Callable[[str], str],
+    target: JobTarget,
+) -> list[str]:
+    """Function + triggers deferring `sync_portfolio` for INSERT, DELETE and real UPDATEs.
+
+    An UPDATE counts when the row differs outside the images columns (`images`: name and
+    kind pairs), so the service's own writes are not new work (invariant 5) and columns added
+    later are covered without re-running setup. A key change syncs the old key as a DELETE.
+    """
+    function, write, update = postgres_row_names(table)
+    fn = f"{target.schema}.{quote(function)}"
+    k = quote(key)
+    body = (
+        _function_header(fn, target)
+        + "BEGIN\n"
+        + f"  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{k} IS DISTINCT FROM NEW.{k}) THEN\n"
+        + "    "
+        + _defer(
+            target,
+            f"OLD.{k}::text",
+            "'database:DELETE'",
+            f"jsonb_build_object('old_images', {_old_images(images, quote)})",
+        )
+        + "\n  END IF;\n"
+        + "  IF TG_OP <> 'DELETE' THEN\n"
+        + "    "
+        + _defer(target, f"NEW.{k}::text", "'database:' || TG_OP")
+        + "\n  END IF;\n  RETURN NULL;\nEND\n$fn$"
+    )
+    skip = "ARRAY[" + ", ".join(literal(name) for name, _ in images) + "]::text[]"
+    return [
+        body,
+        f"DROP TRIGGER IF EXISTS {write} ON {table_sql}",
+        f"CREATE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
+        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        f"DROP TRIGGER IF EXISTS {update} ON {table_sql}",
+        f"CREATE TRIGGER {update} AFTER UPDATE ON {table_sql} FOR EACH ROW "
+        f"WHEN ((to_jsonb(OLD.*) - {skip}) IS DISTINCT FROM (to_jsonb(NEW.*) - {skip})) "
+        f"EXECUTE FUNCTION {fn}()",
+    ]
+
+
+def postgres_objects_names(bucket: str, schema: str) -> tuple[str, str, str]:
+    """(function, insert/delete trigger, update trigger) for one bucket of storage.objects.
+
+    Trigger names carry a digest of the installing schema and bucket, so two installations
+    (or two test runs) sharing one `storage.objects` never replace each other's triggers.
+    """
+    tail = slug(bucket, schema)
+    return (
+        f"portfolio_sync_objects_{tail}",
+        f"portfolio_sync_{tail}_write",
+        f"portfolio_sync_{tail}_update",
+    )
+
+
+def postgres_objects_install(
+    *,
+    bucket: str,
+    name_prefix: str,
+    root: str,
+    function: str,
+    triggers: tuple[str, str],
+    quote: Callable[[str], str],
+    target: JobTarget,
+    table_sql: str = "storage.objects",
+) -> list[str]:
+    """Function + triggers on Supabase's `storage.objects` for one bucket.
+
+    `name_prefix` is what object names start with before the key (the storage URL's prefix
+    plus the folder template's static part); the key is the next path segment, and names
+    not under the layout are ignored. `root` (the storage URL's prefix) is cut from names
+    to get the paths the job's `expect` hint refers to. An UPDATE counts when the name, the
+    bucket or the metadata changed (an overwrite), not for `last_accessed_at`. A rename
+    within one portfolio is one job expecting the new path present and the old one absent.
+    """
+    fn = f"{target.schema}.{quote(function)}"
+    n = len(name_prefix)
+    r = len(root)
+
+    def key_of(name: str) -> str:
+        rest = f"substr({name}, {n + 1})"
+        segment = f"split_part({rest}, '/', 1)"
+        return (
+            f"CASE WHEN left({name}, {n}) = {literal(name_prefix)} AND strpos({rest}, '/') > 1 "
+            f"AND left({segment}, 1) <> '.' THEN {segment} END"
+        )
+
+    trigger = "'storage.objects:' || TG_OP"
+    b = literal(bucket)
+    body = (
+        _function_header(fn, target)
+        + "DECLARE\n  old_key text;\n  new_key text;\n  expect jsonb;\nBEGIN\n"
+        + f"  IF TG_OP <> 'INSERT' AND OLD.bucket_id = {b} THEN\n"
+        + f"    old_key := {key_of('OLD.name')};\n  END IF;\n"
+        + f"  IF TG_OP <> 'DELETE' AND NEW.bucket_id = {b} THEN\n"
+        + f"    new_key := {key_of('NEW.name')};\n  END IF;\n"
+        + "  IF new_key IS NOT NULL THEN\n"
+        + f"    expect := jsonb_build_object(substr(NEW.name, {r + 1}), true);\n"
+        + "    IF old_key = new_key THEN\n"
+        + "      IF OLD.name <> NEW.name THEN\n"
+        + f"        expect := expect || jsonb_build_object(substr(OLD.name, {r + 1}), false);\n"
+        + "      END IF;\n    END IF;\n"
+        + "    "
+        + _defer(target, "new_key", trigger, "jsonb_build_object('expect', expect)")
+        + "\n  END IF;\n"
+        + "  IF old_key IS NOT NULL AND old_key IS DISTINCT FROM new_key THEN\n"
+        + f"    expect := jsonb_build_object(substr(OLD.name, {r + 1}), false);\n"
+        + "    "
+        + _defer(target, "old_key", trigger, "jsonb_build_object('expect', expect)")
+        + "\n  END IF;\n  RETURN NULL;\nEND\n$fn$"
+    )
+    write, update = triggers
+    return [
+        body,
+        f"DROP TRIGGER IF EXISTS {write} ON {table_sql}",
+        f"CREATE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
+        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        f"DROP TRIGGER IF EXISTS {update} ON {table_sql}",
+        f"CREATE TRIGGER {update} AFTER UPDATE OF name, bucket_id, metadata ON {table_sql} "
+        "FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name "
+        "OR OLD.bucket_id IS DISTINCT FROM NEW.bucket_id "
+        "OR OLD.metadata IS DISTINCT FROM NEW.metadata) "
+        f"EXECUTE FUNCTION {fn}()",
+    ]
+
+
+def postgres_uninstall(*, function: str, triggers: Sequence[str], table_sql: str) -> list[str]:
+    return [
+        *(f"DROP TRIGGER IF EXISTS {name} ON {table_sql}" for name in triggers),
+        f"DROP FUNCTION IF EXISTS {function}()",
+    ]

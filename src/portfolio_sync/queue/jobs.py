@@ -1,0 +1,196 @@
+"""The contract of the PostgreSQL job queue, shared by the workers and the SQL triggers.
+
+Queue and task names, the lock of a key, how the schedule reads to procrastinate, the
+schema check, and the job manager fix-up. Kept apart from the queue class so that
+``setup`` (and the trigger SQL it generates) depends on the contract, not on the worker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import psycopg
+from procrastinate import exceptions as pexc
+from procrastinate import jobs as pjobs
+from procrastinate import manager as pmanager
+from procrastinate.schema import SchemaManager
+
+from portfolio_sync.errors import CatalogError
+
+__all__ = [
+    "LOCK_PREFIX",
+    "PASS_TASK",
+    "PRUNE_TASK",
+    "QUEUE",
+    "SYNC_TASK",
+    "QueueJobManager",
+    "apply_schema_if_missing",
+    "conninfo",
+    "croniter_expression",
+    "lock_for",
+    "missing_functions",
+]
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "portfolio_sync"
+SYNC_TASK = "portfolio_sync.sync_portfolio"
+PASS_TASK = "portfolio_sync.sync_all"
+PRUNE_TASK = "portfolio_sync.prune_jobs"
+LOCK_PREFIX = "portfolio_sync:"
+#: Functions of procrastinate's schema this code calls; missing ones mean an older schema.
+REQUIRED_FUNCTIONS = (
+    "procrastinate_defer_jobs_v1",
+    "procrastinate_fetch_job_v2",
+    "procrastinate_retry_job_v2",
+    "procrastinate_finish_job_v1",
+    "procrastinate_register_worker_v1",
+    "procrastinate_prune_stalled_workers_v1",
+)
+
+
+def lock_for(key: str) -> str:
+    """The ``lock`` and ``queueing_lock`` of a key's jobs (``ALL`` for the full pass)."""
+    return LOCK_PREFIX + key
+
+
+def croniter_expression(schedule: str) -> str:
+    """The schedule as procrastinate's croniter reads it.
+
+    Settings validate the schedule with cronsim, whose optional sixth field (seconds) comes
+    first; croniter expects it last. Five-field expressions read the same in both.
+    """
+    fields = schedule.split()
+    return " ".join([*fields[1:], fields[0]]) if len(fields) == 6 else schedule
+
+
+def conninfo(database_url: str) -> str:
+    """libpq form of a ``postgresql+psycopg://`` settings URL (query options kept)."""
+    return "postgresql://" + database_url.partition("://")[2]
+
+
+def apply_schema_if_missing(conn: psycopg.Connection[Any]) -> bool:
+    """Create procrastinate's schema unless ``procrastinate_jobs`` resolves; True if created.
+
+    procrastinate's schema script is not idempotent (``CREATE TYPE`` without ``IF NOT
+    EXISTS``), so it is only run when the table is missing, under an advisory lock so two
+    workers starting together do not both run it. Objects land in the first schema of the
+    connection's ``search_path``. Runs in the caller's transaction; the caller commits.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('portfolio_sync_procrastinate'))")
+    row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NULL").fetchone()
+    created = bool(row and row[0])
+    if created:
+        conn.execute(SchemaManager.get_schema())
+    missing = missing_functions(conn)
+    if missing:
+        raise CatalogError(
+            f"procrastinate's schema in this database is older than procrastinate "
+            f"{_procrastinate_version()} expects (missing {', '.join(missing)}); "
+            "apply procrastinate's migrations, then run setup again"
+        )
+    return created
+
+
+def missing_functions(conn: psycopg.Connection[Any]) -> list[str]:
+    """Required procrastinate functions absent from the schema holding ``procrastinate_jobs``."""
+    rows = conn.execute(
+        "SELECT proname FROM pg_proc WHERE proname = ANY(%s) AND pronamespace = "
+        "(SELECT relnamespace FROM pg_class WHERE oid = to_regclass('procrastinate_jobs'))",
+        (list(REQUIRED_FUNCTIONS),),
+    ).fetchall()
+    found = {r[0] for r in rows}
+    return [name for name in REQUIRED_FUNCTIONS if name not in found]
+
+
+def _procrastinate_version() -> str:
+    import procrastinate
+
+    return str(procrastinate.__version__)
+
+
+class QueueJobManager(pmanager.JobManager):
+    """procrastinate's manager, plus the few queries of this queue, and retries that cannot
+    leave a job stuck in ``doing``.
+
+    ``retry_job`` moves a job back to ``todo``; when a job of the same key already waits
+    there, the queueing-lock index refuses, and procrastinate would leave the failed job in
+    ``doing``, holding its key's lock for ever (procrastinate issue #1446; the same happens
+    to a stalled job retried by the recipe in its docs). The job is then finished as
+    ``failed`` instead: the waiting job re-reads both sides, so nothing is lost.
+    """
+
+    async def retry_job(
+        self,
+        job: pjobs.Job,
+        retry_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+    ) -> None:
+        try:
+            await super().retry_job(
+                job, retry_at=retry_at, priority=priority, queue=queue, lock=lock
+            )
+        except pexc.UniqueViolation as exc:
+            if exc.constraint_name != pmanager.QUEUEING_LOCK_CONSTRAINT or job.id is None:
+                raise
+            # A job of the same key waits in the queue and will re-read both sides.
+            logger.info(
+                "retry superseded by a queued job",
+                extra={"action": "retry_superseded", "job_id": job.id, "lock": job.lock},
+            )
+            await self.finish_job_by_id_async(
+                job_id=job.id, status=pjobs.Status.FAILED, delete_job=False
+            )
+
+    async def key_state(self, lock: str) -> tuple[bool, bool]:
+        """(a job of the lock waits, one runs), from the two partial unique indexes."""
+        row = await self.connector.execute_query_one_async(
+            query="SELECT COALESCE(bool_or(status = 'todo'), false) AS waiting, "
+            "COALESCE(bool_or(status = 'doing'), false) AS running FROM procrastinate_jobs "
+            "WHERE (queueing_lock = %(lock)s AND status = 'todo') "
+            "OR (lock = %(lock)s AND status = 'doing')",
+            lock=lock,
+        )
+        return bool(row["waiting"]), bool(row["running"])
+
+    async def count(self, *statuses: str) -> int:
+        """Jobs of this queue in any of ``statuses``, on every worker."""
+        row = await self.connector.execute_query_one_async(
+            query="SELECT count(*) AS n FROM procrastinate_jobs "
+            "WHERE queue_name = %(queue)s AND status::text = ANY(%(statuses)s)",
+            queue=QUEUE,
+            statuses=list(statuses),
+        )
+        return int(row["n"])
+
+    async def delay_follow_up(self, lock: str, seconds: float) -> None:
+        """Move the waiting job of ``lock``, if it was deferred while the key ran (it has a
+        ``scheduled_at``), to ``seconds`` from now."""
+        await self.connector.execute_query_async(
+            query="UPDATE procrastinate_jobs SET scheduled_at = GREATEST(scheduled_at, "
+            "clock_timestamp() + make_interval(secs => %(seconds)s)) "
+            "WHERE queueing_lock = %(lock)s AND status = 'todo' AND scheduled_at IS NOT NULL",
+            lock=lock,
+            seconds=seconds,
+        )
+
+    async def retry_stalled(self, stall_timeout: float) -> int:
+        """Retry this queue's jobs of workers silent for ``stall_timeout`` seconds (or
+        pruned); returns how many were retried."""
+        stalled = await self.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=stall_timeout)
+        retried = 0
+        for job in stalled:
+            try:
+                await self.retry_job(job)
+            except pexc.ConnectorException:  # another worker got to it first
+                continue
+            retried += 1
+            logger.warning(
+                "stalled job retried",
+                extra={"action": "stalled_job_retried", "job_id": job.id, "lock": job.lock},
+            )
+        return retried

@@ -1,0 +1,407 @@
+"""Work queue on procrastinate: jobs in PostgreSQL, drained by workers on any number of machines.
+
+Chosen automatically when the database is PostgreSQL. Invariant 3 holds across machines
+because procrastinate enforces it in the database: every ``sync_portfolio`` job of a key
+carries ``lock`` and ``queueing_lock`` = ``portfolio_sync:<key>``, so at most one job of a
+key runs (``lock``) and at most one more waits (``queueing_lock``). Requests made while
+one waits are coalesced into it (``AlreadyEnqueued`` here, ``ON CONFLICT`` in the trigger
+SQL: success, not an error), and a job deferred while its key runs starts the settle time
+(``PORTFOLIO_SYNC_DEBOUNCE``) after that run ends, the dirty rule. The full pass is
+the periodic task ``sync_all`` on ``PORTFOLIO_SYNC_SCHEDULE`` with the lock
+``portfolio_sync:*``; procrastinate's ``periodic_defers`` table makes one worker of the
+cluster defer it per tick. Locks are prefixed so they cannot collide with the jobs of
+another application sharing the procrastinate tables (or with a portfolio named ``*``).
+
+What procrastinate 3.10 leaves to the application, done here:
+
+- **Stalled jobs.** A killed worker leaves its jobs in ``doing``, holding their key's lock
+  forever. Every worker checks every ``stall_timeout / 2`` seconds for jobs of workers
+  whose heartbeat is older than ``stall_timeout`` and retries them. This is a side loop,
+  not a periodic task, because a periodic "retry stalled jobs" job can itself be stalled
+  by the kill it is meant to repair (procrastinate issue #1408).
+- **Retries against a queued job.** A failed job cannot go back to ``todo`` while a job
+  of its key waits there (procrastinate issue #1446);
+  :class:`~portfolio_sync.queue.jobs.QueueJobManager` finishes it instead, so the
+  key's lock is never held for ever.
+- **Pruning.** Finished jobs older than ``prune_after_hours`` are deleted hourly.
+
+Jobs deferred by the database triggers of ``portfolio-sync setup`` use the same queue, task
+name, locks and argument names (:mod:`portfolio_sync.queue.jobs`,
+:mod:`portfolio_sync.sources.triggers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from procrastinate import App, JobContext, PsycopgConnector, RetryStrategy
+from procrastinate import exceptions as pexc
+
+from portfolio_sync.config import Settings
+from portfolio_sync.errors import CatalogError
+from portfolio_sync.queue import ALL, QueueClosed
+from portfolio_sync.queue.jobs import (
+    LOCK_PREFIX,
+    PASS_TASK,
+    PRUNE_TASK,
+    QUEUE,
+    SYNC_TASK,
+    QueueJobManager,
+    apply_schema_if_missing,
+    conninfo,
+    croniter_expression,
+    lock_for,
+)
+from portfolio_sync.queue.local import FailureHook, Runner
+
+__all__ = ["ExpectHook", "ProcrastinateQueue", "QueueOptions", "RowDeletedHook"]
+
+logger = logging.getLogger(__name__)
+
+ExpectHook = Callable[[str, Mapping[str, bool]], None]
+"""``on_expect(key, {path: present})``: what a storage event said, before its sync runs."""
+RowDeletedHook = Callable[[str, list[str] | None, str], Awaitable[Any]]
+"""``on_row_deleted(key, old_images, trigger)``: a row trigger reported a DELETE."""
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool connections in autocommit: every query here is one statement, and the pool
+    would otherwise add a COMMIT round trip to each (a request costs one round trip)."""
+    await conn.set_autocommit(True)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueOptions:
+    """Tuning of the procrastinate queue; defaults suit production.
+
+    ``stall_timeout``: seconds without a heartbeat after which a worker's running jobs are
+    retried elsewhere (heartbeats go out every third of it). ``poll_interval``: how often
+    workers look for jobs nobody announced (procrastinate only notifies new jobs): a job
+    whose key was busy, or whose settle time or retry backoff just ended, starts within it.
+    ``max_attempts`` runs per job, waiting ``backoff ** attempt`` seconds between them
+    (procrastinate's exponential wait).
+    """
+
+    concurrency: int | None = None  # None: settings.workers
+    run_worker: bool = True
+    stall_timeout: float = 30.0
+    poll_interval: float = 0.5
+    max_attempts: int = 8
+    backoff: int = 2
+    prune_after_hours: int = 24
+    shutdown_timeout: float = 10.0
+
+
+class ProcrastinateQueue:
+    """:class:`~portfolio_sync.queue.WorkQueue` on procrastinate, plus an optional worker.
+
+    ``run(key, trigger)`` is called for every job (``ALL`` for a full pass); raising means
+    "retry with backoff". With ``run_worker`` (default) :meth:`start` also runs a worker in
+    this process; without it the queue only defers jobs. Requests survive the process:
+    :meth:`stop` drops nothing.
+    """
+
+    def __init__(
+        self,
+        run: Runner,
+        settings: Settings,
+        *,
+        options: QueueOptions | None = None,
+        on_failure: FailureHook | None = None,
+        on_expect: ExpectHook | None = None,
+        on_row_deleted: RowDeletedHook | None = None,
+    ) -> None:
+        self._run = run
+        self.settings = settings
+        self.options = options or QueueOptions()
+        self.concurrency = self.options.concurrency or settings.workers
+        self._on_failure = on_failure
+        self._on_expect = on_expect
+        self._on_row_deleted = on_row_deleted
+        self._conninfo = conninfo(settings.database_url)
+        connector = PsycopgConnector(
+            conninfo=self._conninfo,
+            min_size=1,
+            max_size=self.concurrency + 4,
+            configure=_autocommit,
+        )
+        self.app = App(connector=connector)
+        self._jobs = self.app.job_manager = QueueJobManager(connector=connector)
+        self._register_tasks()
+        self._running: dict[str, int] = {}
+        self._pending = 0
+        self._opened = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._open_lock = asyncio.Lock()
+
+    # ---- tasks --------------------------------------------------------------------------
+    def _register_tasks(self) -> None:
+        retry = RetryStrategy(
+            max_attempts=self.options.max_attempts, exponential_wait=self.options.backoff
+        )
+
+        @self.app.task(name=SYNC_TASK, queue=QUEUE, pass_context=True, retry=retry)
+        async def sync_portfolio(
+            context: JobContext,
+            key: str,
+            trigger: str = "queue",
+            expect: dict[str, bool] | None = None,
+            old_images: list[Any] | None = None,
+        ) -> None:
+            if expect and self._on_expect is not None:
+                self._on_expect(key, {str(p): bool(v) for p, v in expect.items()})
+            if trigger == "database:DELETE" and context.job.attempts == 0:
+                if self._on_row_deleted is not None:
+                    images = [v for v in old_images or [] if isinstance(v, str)]
+                    await self._on_row_deleted(key, images or None, trigger)
+            await self._call(key, trigger, context)
+
+        @self.app.periodic(
+            cron=croniter_expression(self.settings.schedule),
+            periodic_id="full-pass",
+            task_kwargs={"trigger": "schedule"},
+        )
+        @self.app.task(
+            name=PASS_TASK,
+            queue=QUEUE,
+            pass_context=True,
+            retry=retry,
+            lock=lock_for(ALL),
+            queueing_lock=lock_for(ALL),
+        )
+        async def sync_all(
+            context: JobContext, timestamp: int | None = None, trigger: str = "schedule"
+        ) -> None:
+            await self._call(ALL, trigger, context)
+
+        prune_lock = LOCK_PREFIX + "prune"
+
+        @self.app.periodic(cron="23 * * * *", periodic_id="prune")
+        @self.app.task(name=PRUNE_TASK, queue=QUEUE, lock=prune_lock, queueing_lock=prune_lock)
+        async def prune_jobs(timestamp: int) -> None:
+            await self.prune(self.options.prune_after_hours)
+
+        self._sync_task = sync_portfolio
+        self._pass_task = sync_all
+
+    async def _call(self, key: str, trigger: str, context: JobContext) -> None:
+        self._running[key] = self._running.get(key, 0) + 1
+        try:
+            await self._run(key, trigger)
+        except Exception as exc:
+            if self._on_failure is not None:
+                try:
+                    await self._on_failure(key, exc, context.job.attempts + 1)
+                except Exception:
+                    logger.exception(
+                        "queue callback failed", extra={"action": "callback_failed", "key": key}
+                    )
+            raise
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+            await self._settle(lock_for(key))
+
+    async def _settle(self, lock: str) -> None:
+        """Start the settle time of a follow-up job when the run it waited for ends.
+
+        A job deferred while its key ran is marked by a ``scheduled_at`` (see
+        :meth:`request` and the triggers); moving that to ``debounce`` seconds after *this*
+        moment makes the follow-up wait for changes to settle after the run, as the dirty
+        rule of invariant 3 says, rather than start the instant the lock frees up.
+        """
+        with contextlib.suppress(pexc.ProcrastinateException):
+            await self._jobs.delay_follow_up(lock, float(self.settings.debounce))
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Jobs waiting in the queue, cluster-wide (refreshed every few seconds)."""
+        return self._pending
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Keys being synced by this process right now."""
+        return frozenset(self._running)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the pool (creating procrastinate's schema if missing) and run the worker."""
+        if self._closed:
+            raise QueueClosed("a stopped queue cannot be started again")
+        await self._open()
+        if self._tasks:
+            return
+        self._spawn(self._refresh_pending(), "pending")
+        if self.options.run_worker:
+            self._spawn(self._supervise_worker(), "worker")
+            self._spawn(self._retry_stalled_loop(), "stalled")
+        logger.info(
+            "procrastinate queue started",
+            extra={
+                "action": "queue_started",
+                "worker": self.options.run_worker,
+                "concurrency": self.concurrency,
+            },
+        )
+
+    async def stop(self, *, timeout: float = 10.0) -> list[str]:
+        """Stop the worker (running jobs get ``shutdown_timeout`` to finish, then are
+        retried by the next worker) and close the pool. Queued jobs stay in the database,
+        so nothing is dropped: the returned list is always empty.
+        """
+        if self._closed:
+            return []
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        try:
+            async with asyncio.timeout(timeout + self.options.shutdown_timeout):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            logger.warning("worker did not stop in time", extra={"action": "queue_stop_timeout"})
+        self._tasks.clear()
+        if self._opened:
+            await self.app.close_async()
+        logger.info("procrastinate queue stopped", extra={"action": "queue_stopped"})
+        return []
+
+    async def _open(self) -> None:
+        if self._opened:
+            return
+        async with self._open_lock:
+            if self._opened:
+                return
+            await asyncio.to_thread(self._ensure_schema)
+            await self.app.open_async()
+            self._opened = True
+
+    def _ensure_schema(self) -> None:
+        try:
+            with psycopg.connect(self._conninfo, connect_timeout=10) as conn:
+                if apply_schema_if_missing(conn):
+                    logger.info("procrastinate schema created", extra={"action": "schema_created"})
+        except psycopg.Error as exc:
+            raise CatalogError(f"cannot prepare the job queue: {exc}") from exc
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(f"portfolio-sync-procrastinate-{name}")
+
+    # ---- intake -------------------------------------------------------------------------
+    async def request(self, key: str, trigger: str) -> bool:
+        """Defer a job for ``key``; False when one is already waiting (coalesced).
+
+        The key's jobs are looked up first: a burst of events for one key then costs one
+        index lookup each rather than a failed INSERT (logged by the server as an error)
+        and a rollback, and a job deferred while the key runs waits for the settle time
+        (``debounce``), as in the local queue. A job appearing between lookup and INSERT
+        still ends in AlreadyEnqueued.
+        """
+        if self._closed:
+            raise QueueClosed()
+        await self._open()
+        lock = lock_for(key)
+        waiting, running = await self._jobs.key_state(lock)
+        if waiting:
+            logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
+            return False
+        task = self._pass_task if key == ALL else self._sync_task
+        kwargs: dict[str, Any] = {"trigger": trigger}
+        if key != ALL:
+            kwargs["key"] = key
+        settle = _now() + datetime.timedelta(seconds=self.settings.debounce) if running else None
+        deferrer = task.configure(lock=lock, queueing_lock=lock, schedule_at=settle)
+        try:
+            await deferrer.defer_async(**kwargs)
+        except pexc.AlreadyEnqueued:
+            logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
+            return False
+        logger.debug("sync queued", extra={"action": "sync_queued", "key": key, "trigger": trigger})
+        return True
+
+    async def request_all(self, trigger: str) -> bool:
+        return await self.request(ALL, trigger)
+
+    async def join(self, *, poll: float = 0.05) -> None:
+        """Wait until no job of this queue waits or runs, on any worker."""
+        await self._open()
+        while await self._jobs.count("todo", "doing"):
+            await asyncio.sleep(poll)
+
+    async def prune(self, max_hours: int) -> None:
+        """Delete this queue's jobs (and their events) finished more than ``max_hours`` ago."""
+        await self.app.job_manager.delete_old_jobs(
+            nb_hours=max_hours,
+            queue=QUEUE,
+            include_failed=True,
+            include_cancelled=True,
+            include_aborted=True,
+        )
+
+    # ---- background ---------------------------------------------------------------------
+    async def _supervise_worker(self) -> None:
+        """Run procrastinate's worker; restart it (with backoff) if it ever ends by itself,
+        e.g. after its listener lost the database connection.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await self.app.run_worker_async(
+                    queues=[QUEUE],
+                    name=f"portfolio-sync@{socket.gethostname()}:{os.getpid()}",
+                    concurrency=self.concurrency,
+                    wait=True,
+                    fetch_job_polling_interval=self.options.poll_interval,
+                    abort_job_polling_interval=max(self.options.poll_interval, 5.0),
+                    shutdown_graceful_timeout=self.options.shutdown_timeout,
+                    listen_notify=True,
+                    install_signal_handlers=False,
+                    update_heartbeat_interval=self.options.stall_timeout / 3,
+                    stalled_worker_timeout=self.options.stall_timeout,
+                )
+                logger.error("worker ended, restarting", extra={"action": "worker_restart"})
+            except Exception as exc:
+                logger.error(
+                    "worker failed, restarting",
+                    extra={"action": "worker_failed", "error": repr(exc), "retry_in": delay},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _retry_stalled_loop(self) -> None:
+        interval = max(0.5, self.options.stall_timeout / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.retry_stalled()
+            except pexc.ProcrastinateException as exc:
+                logger.warning(
+                    "stalled-job check failed",
+                    extra={"action": "stall_check_failed", "error": repr(exc)},
+                )
+
+    async def retry_stalled(self) -> int:
+        """Retry jobs of workers silent for ``stall_timeout``; returns how many."""
+        return await self._jobs.retry_stalled(self.options.stall_timeout)
+
+    async def _refresh_pending(self) -> None:
+        while True:
+            with contextlib.suppress(pexc.ProcrastinateException):
+                self._pending = await self._jobs.count("todo")
+            await asyncio.sleep(2.0)
