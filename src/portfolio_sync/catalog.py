@@ -137,7 +137,10 @@ class Catalog:
     def key_value(self, key: str) -> Any | None:
         """The key column value for a folder name, or None if no row could have it."""
         if self.key_kind == "int":
-            return int(key) if _INT.match(key) and str(int(key)) == key else None
+            if not _INT.match(key) or str(int(key)) != key:
+                return None
+            value = int(key)  # outside BIGINT no row can have it (and drivers would raise)
+            return value if -(2**63) <= value < 2**63 else None
         if self.key_kind == "uuid":
             try:
                 return key if str(uuid.UUID(key)) == key else None

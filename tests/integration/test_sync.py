@@ -229,3 +229,12 @@ def test_invalid_value_is_reported_and_left_alone(world: World) -> None:
     assert one.status == "error"
     assert ("not a list" if world.postgres else "not valid JSON") in (one.error or "")
     assert world.writes() == 0
+
+
+def test_out_of_range_integer_key_is_simply_not_a_row(world: World) -> None:
+    world.create_table()
+    world.put("9223372036854775808/a.jpg")
+    with world.service() as svc:
+        assert svc.reconciler.sync_one("9223372036854775807", "test").status == "missing"
+        result = svc.reconciler.sync_one("9223372036854775808", "test")
+    assert result.status == "orphan" and result.error is None
