@@ -171,11 +171,31 @@ async def test_request_for_an_idle_key_is_not_debounced(make_queue: Any) -> None
     assert rec.runs[0].start - requested < 0.05
     await join(queue)
 
-    # Still true for a key that ran before, once it is idle again.
+    # Still true for a key that ran before, once it has been idle for its settle time.
+    await asyncio.sleep(1.05)
     requested = now()
     await queue.request("a", "upload")
     await wait_for(lambda: len(rec.runs) == 2, timeout=0.5)
     assert rec.runs[1].start - requested < 0.05
+
+
+async def test_trickle_slower_than_a_sync_still_coalesces(make_queue: Any) -> None:
+    """Requests 30 ms apart while a sync takes 5 ms (a watcher delivering an upload batch
+    at a time): the key is idle at every request, yet 1 s of them costs a handful of runs,
+    and the last run still starts after the last request."""
+    rec = Recorder(duration=0.005)
+    queue = make_queue(rec, debounce=0.25, settle_max=1.0)
+    await queue.start()
+    deadline = now() + 1.0
+    while now() < deadline:
+        await queue.request("a", "upload")
+        await asyncio.sleep(0.03)
+    last_request = now()
+    await join(queue, timeout=5)
+    print(f"trickle runs: {len(rec.runs)}")
+    assert len(rec.runs) <= 5
+    assert rec.runs[0].start - (deadline - 1.0) < 0.05  # the first one was not delayed
+    assert rec.runs[-1].start > last_request - 0.03
 
 
 # Rule 4: a burst for one key costs a handful of runs, and the last run sees the end state.

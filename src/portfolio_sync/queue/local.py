@@ -130,6 +130,7 @@ class LocalQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
         self._dropped: set[str] = set()
+        self._recent: dict[str, tuple[float, int]] = {}  # key -> (went idle at, streak)
 
     @property
     def pending(self) -> int:
@@ -217,6 +218,12 @@ class LocalQueue:
         if self._closed:
             raise QueueClosed()
         entry = self._entries.get(key)
+        if entry is None and (cooling := self._cooling(key)) is not None:
+            wait, streak = cooling
+            entry = self._entries[key] = _Entry(state="delayed", trigger=trigger, streak=streak)
+            self._delay(key, entry, wait)
+            self._idle.clear()
+            return True
         if entry is None:
             self._entries[key] = _Entry(state="queued", trigger=trigger)
             self._ready.put_nowait(key)
@@ -303,8 +310,32 @@ class LocalQueue:
             self._delay(key, entry, self._settle_time(entry.streak))
         else:
             del self._entries[key]
+            self._remember(key, entry.streak)
         if not self._entries:
             self._idle.set()
+
+    def _remember(self, key: str, streak: int) -> None:
+        """Note when `key` went idle, so a request right after counts as a follow-up."""
+        now = asyncio.get_running_loop().time()
+        self._recent[key] = (now, streak)
+        if len(self._recent) > 10_000:  # forget keys idle for longer than any settle time
+            horizon = now - max(self._debounce, self._settle_max)
+            self._recent = {k: v for k, v in self._recent.items() if v[0] >= horizon}
+
+    def _cooling(self, key: str) -> tuple[float, int] | None:
+        """(delay, streak) when `key` finished a run within its settle time, else None.
+
+        Events that trickle in slightly slower than a sync lasts (a watcher delivering an
+        upload batch every 50 ms, each sync 10 ms) would otherwise find the key idle every
+        time and cost one sync each; treating them as follow-ups keeps a burst at a handful
+        of syncs. A key idle for longer than its settle time still runs at once.
+        """
+        recent = self._recent.pop(key, None)
+        if recent is None:
+            return None
+        ended, streak = recent
+        wait = self._settle_time(streak + 1) - (asyncio.get_running_loop().time() - ended)
+        return (wait, streak + 1) if wait > 0 else None
 
     def _settle_time(self, streak: int) -> float:
         """Debounce doubled per consecutive follow-up, capped at ``settle_max``.
