@@ -535,6 +535,9 @@ def mutated_fixtures(draw: st.DrawFn) -> Any:
             parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier change removed this node
+        if not isinstance(parent, dict | list):
+            continue  # an earlier change replaced the parent by a string
+
         if isinstance(parent, dict) and draw(st.booleans()):
             del parent[path[-1]]
         else:
