@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 ColumnKind = Literal["array", "jsonb", "json", "jsontext"]
 KeyKind = Literal["int", "uuid", "text"]
 _INT = re.compile(r"^-?[0-9]+$")
+_FETCH_ROWS = 2000  # rows per fetch of the bulk read
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +158,19 @@ class Catalog:
         return ", ".join(parts)
 
     def _row(self, record: Sequence[Any]) -> Row:
+        if len(record) == 2:  # one images column: the bulk read's hot path
+            key_value, value = record
+            try:
+                decoded = _decode(self.columns[0], value)
+            except ValueError as exc:
+                return Row(
+                    key=str(key_value),
+                    key_value=key_value,
+                    values=(None,),
+                    raw=(value,),
+                    invalid=f"column {self.columns[0].name}: {exc}",
+                )
+            return Row(key=str(key_value), key_value=key_value, values=(decoded,), raw=(value,))
         key_value = record[0]
         raw = tuple(record[1:])
         values: list[list[str] | None] = []
@@ -186,31 +201,48 @@ class Catalog:
 
         The statement starts (and on PostgreSQL takes its snapshot) when this context is
         entered, i.e. before the caller starts listing storage: every value the bulk pass
-        compares against predates its listing, as invariant 1 requires.
+        compares against predates its listing, as invariant 1 requires. Memory is bounded
+        by one fetch: PostgreSQL reads through a server-side cursor, SQLite steps its
+        statement as rows are consumed.
         """
         collate = ' COLLATE "C"' if self.dialect == "postgresql" else ""
         sql = (
             f"SELECT {self._select_list()} FROM {self._table_sql} "
             f"ORDER BY (CAST({self._key_sql} AS TEXT) || '/'){collate}"
         )
+        # The DBAPI cursor directly: this read is the bulk pass's hot path, and SQLAlchemy's
+        # result rows cost more per row than decoding the row does.
+        error = self.engine.dialect.loaded_dbapi.Error
         with self._connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=2000).execute(
-                sa.text(sql)
-            )
             try:
-                first = result.fetchone()  # forces the snapshot now
-                yield self._iter_rows(first, result)
+                dbapi_conn: Any = conn.connection.dbapi_connection
+                if self.dialect == "postgresql":
+                    cursor = dbapi_conn.cursor(name="portfolio_sync_rows")
+                else:
+                    cursor = dbapi_conn.cursor()
+            except error as exc:
+                raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+            try:
+                try:
+                    cursor.execute(sql)
+                    first = cursor.fetchmany(_FETCH_ROWS)  # forces the snapshot now
+                except error as exc:
+                    raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+                yield self._iter_rows(first, cursor, error)
             finally:
-                result.close()
+                try:
+                    cursor.close()
+                except error:
+                    pass  # the connection is going back to the pool, which resets it
 
-    def _iter_rows(self, first: Any, result: sa.CursorResult[Any]) -> Iterator[Row]:
-        if first is None:
-            return
-        yield self._row(first)
+    def _iter_rows(self, batch: list[Any], cursor: Any, error: type[Exception]) -> Iterator[Row]:
+        make = self._row
         try:
-            for record in result:
-                yield self._row(record)
-        except sa.exc.SQLAlchemyError as exc:
+            while batch:
+                for record in batch:
+                    yield make(record)
+                batch = cursor.fetchmany(_FETCH_ROWS)
+        except error as exc:
             raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
 
     def count_rows(self) -> int:
@@ -249,36 +281,42 @@ class Catalog:
         return json.dumps(value, ensure_ascii=False)
 
     def _cas_sqlite(self, conn: sa.Connection, plans: Sequence[Plan]) -> set[str]:
-        sets = ", ".join(f"{self._quote(c.name)} = :n{i}" for i, c in enumerate(self.columns))
-        checks = " AND ".join(f"{self._quote(c.name)} IS :e{i}" for i, c in enumerate(self.columns))
-        sql = sa.text(
-            f"UPDATE {self._table_sql} SET {sets} WHERE {self._key_sql} = :k AND {checks}"
-        )
+        sets = ", ".join(f"{self._quote(c.name)} = ?" for c in self.columns)
+        checks = " AND ".join(f"{self._quote(c.name)} IS ?" for c in self.columns)
+        sql = f"UPDATE {self._table_sql} SET {sets} WHERE {self._key_sql} = ? AND {checks}"
+        # The DBAPI cursor, in the transaction `conn` has open: one statement per plan (the
+        # rowcount tells which rows matched) and SQLAlchemy's per-statement cost, paid
+        # hundreds of times per batch, was most of a bulk pass's write time.
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         written = set()
-        for plan in plans:
-            params: dict[str, Any] = {"k": plan.key_value}
-            for i, col in enumerate(self.columns):
-                params[f"n{i}"] = self._encode(col, plan.new[i])
-                params[f"e{i}"] = plan.expected[i]
-            if conn.execute(sql, params).rowcount == 1:
-                written.add(plan.key)
+        try:
+            for plan in plans:
+                params = [self._encode(col, plan.new[i]) for i, col in enumerate(self.columns)]
+                params.append(plan.key_value)
+                params.extend(plan.expected)
+                cursor.execute(sql, params)
+                if cursor.rowcount == 1:
+                    written.add(plan.key)
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+        finally:
+            cursor.close()
         return written
 
     def _cas_postgres(self, conn: sa.Connection, plans: Sequence[Plan]) -> set[str]:
         cols = self.columns
         names = ["k"] + [f"{p}{i}" for i in range(len(cols)) for p in ("e", "n")]
-        rows_sql = []
-        params: dict[str, Any] = {}
-        for r, plan in enumerate(plans):
-            cells = [f"CAST(:k_{r} AS {self._key_type})"]
-            params[f"k_{r}"] = plan.key_value
+        cells = [f"CAST(%s AS {self._key_type})"]
+        for col in cols:
+            cast = "jsonb" if col.kind in ("json", "jsonb") else col.sql_type
+            cells += [f"CAST(%s AS {cast})", f"CAST(%s AS {cast})"]
+        row_sql = f"({', '.join(cells)})"
+        params: list[Any] = []
+        for plan in plans:
+            params.append(plan.key_value)
             for i, col in enumerate(cols):
-                cast = "jsonb" if col.kind in ("json", "jsonb") else col.sql_type
-                cells.append(f"CAST(:e{i}_{r} AS {cast})")
-                cells.append(f"CAST(:n{i}_{r} AS {cast})")
-                params[f"e{i}_{r}"] = plan.expected[i]
-                params[f"n{i}_{r}"] = self._encode(col, plan.new[i])
-            rows_sql.append(f"({', '.join(cells)})")
+                params.append(plan.expected[i])
+                params.append(self._encode(col, plan.new[i]))
         sets = ", ".join(
             f"{self._quote(c.name)} = CAST(v.n{i} AS {c.sql_type})" for i, c in enumerate(cols)
         )
@@ -291,13 +329,22 @@ class Catalog:
             + f" IS NOT DISTINCT FROM v.e{i}"
             for i, c in enumerate(cols)
         )
-        sql = (
-            f"UPDATE {self._table_sql} AS t SET {sets} "
-            f"FROM (VALUES {', '.join(rows_sql)}) AS v({', '.join(names)}) "
-            f"WHERE t.{self._key_sql} = v.k AND {checks} "
+        head = f"UPDATE {self._table_sql} AS t SET {sets} FROM (VALUES ".replace("%", "%%")
+        tail = (
+            f") AS v({', '.join(names)}) WHERE t.{self._key_sql} = v.k AND {checks} "
             f"RETURNING CAST(t.{self._key_sql} AS TEXT)"
-        )
-        return {str(k) for k in conn.execute(sa.text(sql), params).scalars()}
+        ).replace("%", "%%")
+        sql = head + ", ".join([row_sql] * len(plans)) + tail
+        # The DBAPI cursor, in the transaction `conn` has open: positional parameters spare
+        # SQLAlchemy parsing thousands of named ones per batch.
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            return {str(k) for (k,) in cursor.fetchall()}
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+        finally:
+            cursor.close()
 
     @contextmanager
     def _connect(self) -> Iterator[sa.Connection]:
@@ -323,13 +370,13 @@ def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
     if col.kind != "array":
         if not isinstance(value, str):
             raise ValueError(f"expected JSON text, found {type(value).__name__}")
-        if not value.strip():
-            return None
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
+            if not value.strip():  # blank text counts as NULL
+                return None
             raise ValueError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not all(map(isinstance, value, repeat(str))):
         raise ValueError("not a list of strings")
     return value
 

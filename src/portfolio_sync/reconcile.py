@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from portfolio_sync import schema
 from portfolio_sync.catalog import Catalog
@@ -26,6 +27,7 @@ from portfolio_sync.storage import Storage, folder_order
 logger = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 3
+_path_of = attrgetter("path")
 
 
 def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Plan | None:
@@ -34,11 +36,17 @@ def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Pl
     `images` holds each collection's images (from `Layout.select`). A NULL column with no
     images becomes `[]`, so every synced row holds a list.
     """
-    new = tuple(
-        layout.render(found, current) for found, current in zip(images, row.values, strict=True)
-    )
-    if all(n == c for n, c in zip(new, row.values, strict=True)):
+    values = row.values
+    changed = [
+        layout.rendering_if_changed(found, current)
+        for found, current in zip(images, values, strict=True)
+    ]
+    if all(rendering is None for rendering in changed):
         return None
+    new = tuple(
+        list(current or ()) if rendering is None else rendering
+        for rendering, current in zip(changed, values, strict=True)
+    )
     old_values = [v for values in row.values if values for v in values]
     new_values = [v for values in new for v in values]
     old_set, new_set = set(old_values), set(new_values)
@@ -55,12 +63,10 @@ def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Pl
 
 def fingerprint(objects: Sequence[ObjectInfo]) -> str:
     """A short digest of a listing, kept in state to tell when a folder last changed."""
-    digest = hashlib.sha256()
-    for obj in sorted(objects, key=lambda o: o.path):
-        digest.update(
-            f"{obj.path}\0{obj.size}\0{obj.mtime:.3f}\n".encode("utf-8", "surrogateescape")
-        )
-    return digest.hexdigest()[:32]
+    text = "".join(
+        f"{obj.path}\0{obj.size}\0{obj.mtime:.3f}\n" for obj in sorted(objects, key=_path_of)
+    )  # one update of the concatenation: the same digest as one update per object
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,28 +247,35 @@ class _Merge:
         self.conflicts: list[str] = []
 
     def run(self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo]]]) -> None:
-        layout = self.rec.layout
-        row = next(rows, None)
-        folder = _next_folder(folders, layout)
+        layout, report, visit = self.rec.layout, self.report, self.visit
+        named = (folder for folder in folders if layout.is_key(folder[0]))
+        folder = next(named, None)
+        folder_key = None if folder is None else folder_order(folder[0])
         last_row = last_folder = b""
-        while row is not None or folder is not None:
-            row_order = folder_order(row.key) if row is not None else None
-            folder_order_ = folder_order(folder[0]) if folder is not None else None
-            if folder is not None and (row_order is None or folder_order_ < row_order):  # type: ignore[operator]
-                last_folder = _check_order(last_folder, folder_order_, "storage")
-                self.report.orphans.append(folder[0])
-                self.report.folders += 1
-                folder = _next_folder(folders, layout)
-                continue
-            assert row is not None and row_order is not None
-            last_row = _check_order(last_row, row_order, "database")
-            if folder is not None and folder_order_ == row_order:
-                self.report.folders += 1
-                self.visit(row, folder[1])
-                folder = _next_folder(folders, layout)
+        for row in rows:
+            row_key = folder_order(row.key)
+            while folder is not None and folder_key < row_key:  # type: ignore[operator]
+                last_folder = _check_order(last_folder, folder_key, "storage")
+                report.orphans.append(folder[0])
+                report.folders += 1
+                folder = next(named, None)
+                folder_key = None if folder is None else folder_order(folder[0])
+            if last_row and row_key <= last_row:
+                _check_order(last_row, row_key, "database")
+            last_row = row_key
+            if folder is not None and folder_key == row_key:
+                report.folders += 1
+                visit(row, folder[1])
+                folder = next(named, None)
+                folder_key = None if folder is None else folder_order(folder[0])
             else:
-                self.visit(row, [])
-            row = next(rows, None)
+                visit(row, [])
+        while folder is not None:  # folders after the last row
+            last_folder = _check_order(last_folder, folder_key, "storage")
+            report.orphans.append(folder[0])
+            report.folders += 1
+            folder = next(named, None)
+            folder_key = None if folder is None else folder_order(folder[0])
 
     def visit(self, row: Row, objects: list[ObjectInfo]) -> None:
         report = self.report
@@ -274,7 +287,8 @@ class _Merge:
             return
         if any(row.values):
             self.nonempty_before += 1
-        change = plan(row, self.rec.layout.select(row.key, objects), self.rec.layout)
+        layout = self.rec.layout
+        change = plan(row, layout.select(row.key, objects), layout)
         if change is None:
             report.unchanged += 1
             return
@@ -322,15 +336,6 @@ class _Merge:
             return
         for start in range(0, emptied, self.rec.batch_size):
             self.flush(self.emptying[start : start + self.rec.batch_size])
-
-
-def _next_folder(
-    folders: Iterator[tuple[str, list[ObjectInfo]]], layout: Layout
-) -> tuple[str, list[ObjectInfo]] | None:
-    for name, objects in folders:
-        if layout.is_key(name):
-            return name, objects
-    return None
 
 
 def _check_order(previous: bytes, current: bytes | None, side: str) -> bytes:

@@ -1,0 +1,173 @@
+"""One measured job in a fresh process: `python bench/child.py '<json task>'`.
+
+Each full pass (ours or a reference) runs in its own interpreter so that its peak RSS is
+its own (`ru_maxrss` at the end) and no cache of a previous run is inherited. Set-up
+(imports, engine, reflecting the table, one warm connection) is done before the clock
+starts for every job alike; the clock covers the pass only. Prints one JSON object.
+
+Tasks (`kind`):
+- `ours`: `Reconciler.sync_all` of the product, built by `open_service` as the CLI does.
+- `floor`: one recursive `os.scandir` + `stat` listing of the tree (name, size, mtime)
+  plus one `SELECT id, images` through the product's SQLAlchemy engine; for S3, one
+  paginated obstore listing of the bucket plus the same SELECT.
+- `seed`: the seed's cron: read the table, then for each portfolio list its folder (one
+  storage request each, with the product's storage backend) and UPDATE its row when the
+  rendered listing differs (one UPDATE statement per differing row, each committed on its
+  own, as the cron's per-row client calls were).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _settings(task: dict[str, Any]) -> Any:
+    from portfolio_sync.config import load_settings
+
+    overrides: dict[str, Any] = {
+        "database_url": task["database_url"],
+        "storage_url": task["storage_url"],
+    }
+    for name in ("s3_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region"):
+        if task.get(name):
+            overrides[name] = task[name]
+    return load_settings(None, **overrides)
+
+
+def ours(task: dict[str, Any]) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from portfolio_sync.service import open_service
+
+    with open_service(_settings(task)) as svc:
+        with svc.catalog.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        profile: str = task.get("profile") or ""
+        profiler: Any = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.0005)
+            profiler.start()
+        started, cpu = time.perf_counter(), time.process_time()
+        report = svc.reconciler.sync_all("bench")
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if profiler is not None:
+            profiler.stop()
+            Path(profile).write_text(profiler.output_text(unicode=False, color=False))
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "rows": report.rows,
+        "changed": len(report.changed),
+        "unchanged": report.unchanged,
+        "orphans": len(report.orphans),
+        "errors": [e.error for e in report.errors][:5],
+        "aborted": report.aborted,
+    }
+
+
+def _scan(top: str, out: list[tuple[str, int, float]]) -> None:
+    with os.scandir(top) as entries:
+        for entry in entries:
+            st = entry.stat()
+            if stat.S_ISDIR(st.st_mode):
+                _scan(entry.path, out)
+            else:
+                out.append((entry.path, st.st_size, st.st_mtime))
+
+
+def _engine(url: str) -> Any:
+    from portfolio_sync.catalog import create_engine
+    from portfolio_sync.config import normalize_database_url
+
+    engine = create_engine(normalize_database_url(url))
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    return engine
+
+
+def floor(task: dict[str, Any]) -> dict[str, Any]:
+    engine = _engine(task["database_url"])
+    if task["storage_url"].startswith("s3://"):
+        import obstore
+
+        from portfolio_sync.storage import open_storage
+
+        store = open_storage(_settings(task))._store  # type: ignore[attr-defined]
+        started, cpu = time.perf_counter(), time.process_time()
+        objects = [
+            (m["path"], m["size"], m["last_modified"])
+            for chunk in obstore.list(store, chunk_size=1000)
+            for m in chunk
+        ]
+    else:
+        started, cpu = time.perf_counter(), time.process_time()
+        files: list[tuple[str, int, float]] = []
+        _scan(task["storage_url"], files)
+        objects = files  # type: ignore[assignment]
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, images FROM portfolios").fetchall()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.dispose()
+    return {"seconds": seconds, "cpu": cpu, "objects": len(objects), "rows": len(rows)}
+
+
+def seed(task: dict[str, Any]) -> dict[str, Any]:
+    from portfolio_sync.layout import Layout
+    from portfolio_sync.storage import open_storage
+
+    settings = _settings(task)
+    layout = Layout.from_settings(settings)
+    storage = open_storage(settings)
+    engine = _engine(task["database_url"])
+    postgres = engine.dialect.name == "postgresql"
+    update = (
+        "UPDATE portfolios SET images = CAST(%s AS TEXT[]) WHERE id = %s"
+        if postgres
+        else "UPDATE portfolios SET images = ? WHERE id = ?"
+    )
+    started, cpu = time.perf_counter(), time.process_time()
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, images FROM portfolios").fetchall()
+    if task.get("limit"):  # a sample of the portfolios (request counts on slow servers)
+        rows = rows[: task["limit"]]
+    updates = 0
+    for key_value, raw in rows:
+        key = str(key_value)
+        current = json.loads(raw) if isinstance(raw, str) else raw
+        objects = storage.list_prefix(layout.folder(key))  # one request per portfolio
+        new = layout.render(layout.select(key, objects)[0], current)
+        if new != current:
+            with engine.begin() as conn:  # one statement, one commit per row
+                conn.exec_driver_sql(update, (new if postgres else json.dumps(new), key_value))
+            updates += 1
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.dispose()
+    return {"seconds": seconds, "cpu": cpu, "rows": len(rows), "updates": updates}
+
+
+def main() -> None:
+    task = json.loads(sys.argv[1])
+    for path in reversed(task.get("pythonpath", [])):
+        sys.path.insert(0, path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = {"ours": ours, "floor": floor, "seed": seed}[task["kind"]](task)
+    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of helper processes (the product's folder listing helper), to report total CPU
+    helpers = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["cpu_total"] = result.get("cpu", 0.0) + helpers
+    result["helper_maxrss_kb"] = after.ru_maxrss
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`LocalStorage.iter_folders` through the helper process equals the in-process listing.
+
+Large trees are listed by `folder_walker.py` in a helper process (from
+`storage.HELPER_MIN_FOLDERS` folders on); here the threshold is lowered so a small tree
+with every awkward case goes through both paths and must come out identical.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from portfolio_sync import storage
+from portfolio_sync.errors import StorageError
+from portfolio_sync.storage import LocalStorage, folder_order
+
+
+def _tree(root: Path) -> None:
+    def put(rel: str | bytes, data: bytes = b"x" * 10) -> None:
+        path = os.path.join(os.fsencode(root), os.fsencode(rel))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+
+    put("1/a.jpg")
+    put("1/sub/deeper/b.png")
+    put("1/empty.jpg", b"")
+    put("10/c.jpg")
+    put("2/d.jpg")
+    put("a b/e.jpg")
+    put("a/f.jpg")
+    put("caf\u00e9/nfc.jpg")
+    put("cafe\u0301/nfd.jpg")
+    put("new\nline/g.jpg")
+    put(b"bad\xffname/h.jpg")  # not UTF-8: a surrogate-escaped str in Python
+    put("top-level.jpg")  # a file directly in the root is not a folder
+    os.makedirs(root / "empty-folder")
+    os.makedirs(root / ".hidden")
+    put(".hidden/i.jpg")
+    os.symlink(root / "1" / "a.jpg", root / "2" / "link.jpg")
+    os.symlink(root / "missing.jpg", root / "2" / "broken.jpg")
+    os.mkfifo(root / "2" / "fifo.jpg")
+
+
+def _listing(store: LocalStorage, prefix: str = "") -> list[tuple[str, list[tuple[str, int]]]]:
+    return [
+        (name, sorted((o.path, o.size) for o in objects))
+        for name, objects in store.iter_folders(prefix)
+    ]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and byte names are POSIX")
+def test_the_helper_lists_exactly_what_the_process_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path)
+    store = LocalStorage(tmp_path)
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 10**9)
+    inline = _listing(store)
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    helped = _listing(store)
+    assert helped == inline
+    names = [name for name, _ in inline]
+    assert names == sorted(names, key=folder_order) and "a b" in names and "empty-folder" in names
+    # mtimes come through unchanged too
+    one = dict(store.iter_folders(""))["1"]
+    assert {o.path: o.mtime for o in one} == {
+        o.path: os.stat(tmp_path / o.path).st_mtime for o in one
+    }
+
+
+def test_the_helper_lists_under_a_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("1", "2", "3"):
+        (tmp_path / "portfolios" / key).mkdir(parents=True)
+        (tmp_path / "portfolios" / key / "a.jpg").write_bytes(b"x")
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    assert _listing(LocalStorage(tmp_path), "portfolios/") == [
+        (key, [(f"portfolios/{key}/a.jpg", 1)]) for key in ("1", "2", "3")
+    ]
+
+
+def test_stopping_early_ends_the_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in range(50):
+        (tmp_path / str(key)).mkdir()
+        (tmp_path / str(key) / "a.jpg").write_bytes(b"x")
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    folders = LocalStorage(tmp_path).iter_folders("")
+    assert next(folders)[0] == "0"
+    folders.close()  # kills and reaps the helper: no ResourceWarning (warnings are errors)
+
+
+def test_a_helper_that_dies_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in range(3):
+        (tmp_path / str(key)).mkdir()
+    broken = tmp_path / "walker.py"
+    broken.write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    monkeypatch.setattr(storage, "_WALKER", str(broken))
+    with pytest.raises(StorageError, match="helper"):
+        list(LocalStorage(tmp_path).iter_folders(""))
+
+
+def test_a_listing_error_in_the_helper_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in range(3):
+        (tmp_path / str(key)).mkdir()
+    (tmp_path / "1" / "loop").symlink_to(tmp_path / "1" / "loop")  # ELOOP on stat
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 10**9)
+    with pytest.raises(StorageError) as inline:
+        list(LocalStorage(tmp_path).iter_folders(""))
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    with pytest.raises(StorageError) as helped:
+        list(LocalStorage(tmp_path).iter_folders(""))
+    assert str(helped.value) == str(inline.value)
