@@ -26,6 +26,7 @@ from cronsim import CronSim
 
 from portfolio_sync import outbox, schema
 from portfolio_sync.errors import PortfolioSyncError
+from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
 from portfolio_sync.queue import ALL
 from portfolio_sync.queue.local import LocalQueue
@@ -338,7 +339,7 @@ class Runtime:
         if row is None and not objects:
             return None
         listing = {
-            c.column: [o.path for o in found]
+            c.column: sorted((o.path for o in found), key=natural_key)
             for c, found in zip(
                 self.layout.collections, self.layout.select(key, objects), strict=True
             )
