@@ -156,6 +156,11 @@ def test_database_webhooks(world: World, start: Any) -> None:
     answer = post("/hooks/database", json=row_event("insert", 7))
     assert answer.status_code == 202 and answer.json()["queued"] == ["7"], answer.text
     wait_for(images_are(world, 7, {"7/x.jpg"}), what="INSERT webhook")
+    # the row is written before the sync is counted: let the count catch up first
+    wait_for(
+        lambda: server.metric("portfolio_sync_syncs_total", trigger="database") >= 1,
+        what="INSERT sync counted",
+    )
 
     # our own write comes back as an UPDATE of the images column only: nothing queued
     writes = world.writes()
