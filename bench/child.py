@@ -1,7 +1,7 @@
 """One measured job in a fresh process: `python bench/child.py '<json task>'`.
 
 Each full pass (ours or a reference) runs in its own interpreter so that its peak RSS is
-its own (`ru_maxrss` at the end) and no cache of a previous run is inherited. Set-up
+its own (VmHWM at the end) and no cache of a previous run is inherited. Set-up
 (imports, engine, reflecting the table, one warm connection) is done before the clock
 starts for every job alike; the clock covers the pass only. Prints one JSON object.
 
@@ -154,13 +154,25 @@ def seed(task: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "cpu": cpu, "rows": len(rows), "updates": updates}
 
 
+def peak_rss_kb() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the
+    high-water mark of the image before exec, i.e. of the bench runner that started us."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main() -> None:
     task = json.loads(sys.argv[1])
     for path in reversed(task.get("pythonpath", [])):
         sys.path.insert(0, path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = {"ours": ours, "floor": floor, "seed": seed}[task["kind"]](task)
-    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["maxrss_kb"] = peak_rss_kb()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU of helper processes (the product's folder listing helper), to report total CPU
     helpers = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -193,7 +193,7 @@ def notes(ctx: Context, pg_note: str, elapsed: float) -> list[str]:
         f"{sqlite3.sqlite_version}, PostgreSQL: {pg_note}, rclone: {ctx.rclone_note}.",
         "Full passes run in a fresh process each (`bench/child.py`); the clock covers the "
         "pass only (imports, engine, table reflection and one warm connection come first, "
-        "for every job alike). Peak RSS is that process's `ru_maxrss`.",
+        "for every job alike). Peak RSS is that process's VmHWM (`/proc/self/status`).",
         "floor = one recursive `os.scandir` + `stat` listing (path, size, mtime) plus one "
         "`SELECT id, images` through the product's SQLAlchemy engine; seed = the seed's "
         "cron (list each portfolio's folder with the product's storage backend, UPDATE the "
