@@ -326,6 +326,32 @@ async def test_requests_coalesce_while_a_job_waits(
     ]
 
 
+async def test_a_trickle_of_requests_for_one_key_costs_a_handful_of_runs(
+    pgw: World, sql: psycopg.Connection[Any]
+) -> None:
+    """A watcher delivers a bulk upload as a batch every 50 ms, each finding the key's
+    previous job finished: they are follow-ups with a growing settle time (0.25, 0.5, 1 s),
+    not one run each; the last run still starts about a settle time after the last file,
+    woken by a notification rather than the next poll."""
+    pgw.insert(30, None)
+    async with draining(pgw, poll_interval=5.0) as (queue, recorder):
+        started = time.monotonic()
+        for i in range(40):  # 2 s of uploads
+            pgw.put(f"30/{i:02d}.jpg")
+            await queue.request("30", "storage")
+            await asyncio.sleep(0.05)
+        last = time.monotonic()
+        expected = [f"30/{i:02d}.jpg" for i in range(40)]
+        took = await eventually(lambda: pgw.images(30) == expected, timeout=10)
+        await asyncio.wait_for(queue.join(), 10)
+    runs = len(recorder.calls)
+    # runs start at 0, 0.25, 0.75, 1.75, 2.75 s: five for 2 s of uploads; one more on a
+    # loaded machine that stretches the burst
+    assert 2 <= runs <= 6, (runs, last - started)
+    assert took < 2.0  # settle_max after the last request, not the 5 s poll interval
+    assert _statuses(sql) == [("succeeded",)] * runs
+
+
 async def test_a_failed_run_with_a_job_waiting_never_blocks_its_key(
     pgw: World, sql: psycopg.Connection[Any]
 ) -> None:

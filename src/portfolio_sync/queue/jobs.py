@@ -167,15 +167,25 @@ class QueueJobManager(pmanager.JobManager):
         )
         return int(row["n"])
 
-    async def delay_follow_up(self, lock: str, seconds: float) -> None:
+    async def delay_follow_up(self, lock: str, seconds: float) -> bool:
         """Move the waiting job of ``lock``, if it was deferred while the key ran (it has a
-        ``scheduled_at``), to ``seconds`` from now."""
-        await self.connector.execute_query_async(
-            query="UPDATE procrastinate_jobs SET scheduled_at = GREATEST(scheduled_at, "
-            "clock_timestamp() + make_interval(secs => %(seconds)s)) "
-            "WHERE queueing_lock = %(lock)s AND status = 'todo' AND scheduled_at IS NOT NULL",
+        ``scheduled_at``), to ``seconds`` from now; True if there was one."""
+        row = await self.connector.execute_query_one_async(
+            query="WITH moved AS (UPDATE procrastinate_jobs SET scheduled_at = "
+            "GREATEST(scheduled_at, clock_timestamp() + make_interval(secs => %(seconds)s)) "
+            "WHERE queueing_lock = %(lock)s AND status = 'todo' AND scheduled_at IS NOT NULL "
+            "RETURNING 1) SELECT count(*) AS n FROM moved",
             lock=lock,
             seconds=seconds,
+        )
+        return bool(row["n"])
+
+    async def notify_due(self) -> None:
+        """Wake the workers listening on this queue, as procrastinate does for a new job."""
+        await self.connector.execute_query_async(
+            query="SELECT pg_notify('procrastinate_queue_v1#' || %(queue)s, "
+            "json_build_object('type', 'job_inserted', 'job_id', 0)::text)",
+            queue=QUEUE,
         )
 
     async def retry_stalled(self, stall_timeout: float) -> int:

@@ -6,8 +6,12 @@ carries ``lock`` and ``queueing_lock`` = ``portfolio_sync:<key>``, so at most on
 key runs (``lock``) and at most one more waits (``queueing_lock``). Requests made while
 one waits are coalesced into it (``AlreadyEnqueued`` here, ``ON CONFLICT`` in the trigger
 SQL: success, not an error), and a job deferred while its key runs starts the settle time
-(``PORTFOLIO_SYNC_DEBOUNCE``) after that run ends, the dirty rule. The full pass is
-the periodic task ``sync_all`` on ``PORTFOLIO_SYNC_SCHEDULE`` with the lock
+(``PORTFOLIO_SYNC_DEBOUNCE``) after that run ends, the dirty rule. Events that trickle in
+just after a run (a watcher delivering an upload batch every 50 ms) are follow-ups too:
+the requesting process schedules them a growing settle time after the key's previous job,
+as the local queue does, so a bulk upload costs a handful of syncs, not one per batch.
+A scheduled job is started by a notification sent when it falls due, not by the next poll.
+The full pass is the periodic task ``sync_all`` on ``PORTFOLIO_SYNC_SCHEDULE`` with the lock
 ``portfolio_sync:*``; procrastinate's ``periodic_defers`` table makes one worker of the
 cluster defer it per tick. Locks are prefixed so they cannot collide with the jobs of
 another application sharing the procrastinate tables (or with a portfolio named ``*``).
@@ -38,6 +42,7 @@ import datetime
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +97,8 @@ class QueueOptions:
     workers look for jobs nobody announced (procrastinate only notifies new jobs): a job
     whose key was busy, or whose settle time or retry backoff just ended, starts within it.
     ``max_attempts`` runs per job, waiting ``backoff ** attempt`` seconds between them
-    (procrastinate's exponential wait).
+    (procrastinate's exponential wait). ``settle_max`` caps the growing settle time of a
+    key in a burst of requests (as in the local queue).
     """
 
     concurrency: int | None = None  # None: settings.workers
@@ -103,6 +109,7 @@ class QueueOptions:
     backoff: int = 2
     prune_after_hours: int = 24
     shutdown_timeout: float = 10.0
+    settle_max: float = 1.0
 
 
 class ProcrastinateQueue:
@@ -146,7 +153,10 @@ class ProcrastinateQueue:
         self._opened = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._wakers: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._open_lock = asyncio.Lock()
+        self._recent: dict[str, tuple[float, int]] = {}  # key -> (last job due at, streak)
 
     # ---- tasks --------------------------------------------------------------------------
     def _register_tasks(self) -> None:
@@ -226,7 +236,79 @@ class ProcrastinateQueue:
         rule of invariant 3 says, rather than start the instant the lock frees up.
         """
         with contextlib.suppress(pexc.ProcrastinateException):
-            await self._jobs.delay_follow_up(lock, float(self.settings.debounce))
+            if await self._jobs.delay_follow_up(lock, float(self.settings.debounce)):
+                self._wake_in(float(self.settings.debounce))
+
+    def _wake_in(self, seconds: float) -> None:
+        """Notify the workers of every machine when a scheduled job falls due.
+
+        procrastinate notifies a job when it is inserted, when it is not due yet; without
+        this, a follow-up would wait for the next poll (``poll_interval``) after its
+        settle time.
+        """
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers.add(loop.call_later(max(0.0, seconds), self._spawn_wake))
+
+    def _spawn_wake(self) -> None:
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        self._timers = {t for t in self._timers if t.when() > now}  # forget fired timers
+        task = asyncio.ensure_future(self._wake())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    async def _wake(self) -> None:
+        with contextlib.suppress(pexc.ProcrastinateException):
+            await self._jobs.notify_due()
+
+    def _follow_up_delay(self, key: str, *, running: bool) -> tuple[float | None, int]:
+        """(seconds until a new job of ``key`` may start, None for at once; its streak).
+
+        While the key runs, the job waits the settle time after the run (moved there by
+        :meth:`_settle`). A key whose previous job, requested here, was due less than a
+        settle time ago is in a burst: its job is due that settle time after the previous
+        one, doubled per follow-up up to ``settle_max``, as in the local queue. The memory
+        is per process; other processes' requests still coalesce through the database.
+        """
+        now = time.monotonic()
+        last = self._recent.get(key)
+        streak = last[1] + 1 if last is not None else 0
+        delay: float | None = None
+        if last is not None:
+            due = last[0] + self._settle_time(streak)
+            if due > now:
+                delay = due - now
+        if running:
+            delay = max(delay or 0.0, float(self.settings.debounce))
+            streak = max(streak, 1)
+        return delay, streak if delay is not None else 0
+
+    def _scheduled_here(self, key: str) -> bool:
+        """True while a job this process deferred for ``key`` is not due yet.
+
+        Such a job cannot have started (workers only fetch due jobs), so it still waits and
+        a request is coalesced into it without a database round trip: the events of a
+        burst then cost nothing between the key's runs.
+        """
+        last = self._recent.get(key)
+        return last is not None and last[0] - time.monotonic() > 0.01
+
+    def _settle_time(self, streak: int) -> float:
+        """The local queue's rule: debounce doubled per follow-up, capped at settle_max."""
+        debounce = float(self.settings.debounce)
+        cap = max(debounce, self.options.settle_max)
+        return min(debounce * 2.0 ** max(streak - 1, 0), cap)
+
+    def _remember(self, key: str, due: float, streak: int) -> None:
+        self._recent[key] = (due, streak)
+        if len(self._recent) > 10_000:  # forget keys whose last job is long past
+            horizon = time.monotonic() - 2 * max(
+                float(self.settings.debounce), self.options.settle_max
+            )
+            self._recent = {k: v for k, v in self._recent.items() if v[0] >= horizon}
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -268,7 +350,9 @@ class ProcrastinateQueue:
         if self._closed:
             return []
         self._closed = True
-        for task in self._tasks:
+        for timer in self._timers:
+            timer.cancel()
+        for task in [*self._tasks, *self._wakers]:
             task.cancel()
         try:
             async with asyncio.timeout(timeout + self.options.shutdown_timeout):
@@ -317,6 +401,9 @@ class ProcrastinateQueue:
             raise QueueClosed()
         await self._open()
         lock = lock_for(key)
+        if self._scheduled_here(key):
+            logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
+            return False
         waiting, running = await self._jobs.key_state(lock)
         if waiting:
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
@@ -325,13 +412,17 @@ class ProcrastinateQueue:
         kwargs: dict[str, Any] = {"trigger": trigger}
         if key != ALL:
             kwargs["key"] = key
-        settle = _now() + datetime.timedelta(seconds=self.settings.debounce) if running else None
+        delay, streak = self._follow_up_delay(key, running=running)
+        settle = None if delay is None else _now() + datetime.timedelta(seconds=delay)
         deferrer = task.configure(lock=lock, queueing_lock=lock, schedule_at=settle)
         try:
             await deferrer.defer_async(**kwargs)
         except pexc.AlreadyEnqueued:
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
+        self._remember(key, time.monotonic() + (delay or 0.0), streak)
+        if delay is not None:
+            self._wake_in(delay)
         logger.debug("sync queued", extra={"action": "sync_queued", "key": key, "trigger": trigger})
         return True
 
