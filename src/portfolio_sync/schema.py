@@ -7,6 +7,7 @@ under a lock; `schema_version` in `portfolio_sync_meta` records how far a databa
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -144,19 +145,27 @@ def get_meta(engine: sa.Engine, name: str) -> Any:
     return None if value is None else json.loads(value)
 
 
-def _upsert_state(conn: sa.Connection, rows: list[dict[str, Any]], update: Sequence[str]) -> None:
-    if not rows:
-        return
+_STATE_FIELDS = ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts")
+
+
+@functools.cache
+def _state_upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE of every state field, built once per dialect: building
+    the construct (its ``excluded`` columns) cost more than running it, once per sync."""
     insert: Any
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(state)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[state.c.key], set_={name: stmt.excluded[name] for name in update}
+    return stmt.on_conflict_do_update(
+        index_elements=[state.c.key], set_={name: stmt.excluded[name] for name in _STATE_FIELDS}
     )
-    conn.execute(stmt, rows)
+
+
+def _upsert_state(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_state_upsert(conn.dialect.name), rows)
 
 
 def record_writes(
@@ -193,7 +202,6 @@ def record_writes(
             }
             for p in plans
         ],
-        ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts"),
     )
 
 
@@ -224,7 +232,6 @@ def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None
                     "attempts": 0,
                 }
             ],
-            ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts"),
         )
 
 
