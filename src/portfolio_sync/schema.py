@@ -146,26 +146,61 @@ def get_meta(engine: sa.Engine, name: str) -> Any:
 
 
 _STATE_FIELDS = ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts")
+_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms")
+_Processor = Callable[[Any], Any] | None
 
 
 @functools.cache
-def _state_upsert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT DO UPDATE of every state field, built once per dialect: building
-    the construct (its ``excluded`` columns) cost more than running it, once per sync."""
-    insert: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(state)
-    return stmt.on_conflict_do_update(
-        index_elements=[state.c.key], set_={name: stmt.excluded[name] for name in _STATE_FIELDS}
+def _bulk_statement(
+    dialect: sa.Dialect, table: sa.Table, fields: tuple[str, ...], upsert: bool
+) -> tuple[str, tuple[_Processor, ...]]:
+    """An INSERT (or upsert on the first column) for the DBAPI's executemany, with the bind
+    processors SQLAlchemy would apply to each field (datetimes as SQLite stores them, JSON
+    as the driver wants it), built once per dialect.
+
+    Written out rather than run through ``conn.execute(insert(table), rows)``: there the
+    per-row parameter handling cost more than the statement, in every sync and for every
+    row of a bulk write. ``ON CONFLICT … DO UPDATE SET … = excluded.…`` reads the same in
+    SQLite and PostgreSQL.
+    """
+    quote = dialect.identifier_preparer.quote
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, fields))}) "
+        f"VALUES ({', '.join([marker] * len(fields))})"
     )
+    if upsert:
+        sets = ", ".join(f"{quote(f)} = excluded.{quote(f)}" for f in fields[1:])
+        sql += f" ON CONFLICT ({quote(fields[0])}) DO UPDATE SET {sets}"
+    processors = tuple(
+        table.c[f].type.dialect_impl(dialect).bind_processor(dialect) for f in fields
+    )
+    return sql, processors
 
 
-def _upsert_state(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(_state_upsert(conn.dialect.name), rows)
+def _insert_many(
+    conn: sa.Connection,
+    table: sa.Table,
+    fields: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    *,
+    upsert: bool = False,
+) -> None:
+    if not rows:
+        return
+    sql, processors = _bulk_statement(conn.dialect, table, fields, upsert)
+    if any(processors):  # column by column: one map per processed field
+        columns: list[Any] = list(zip(*rows, strict=True))
+        for i, proc in enumerate(processors):
+            if proc is not None:
+                columns[i] = [None if v is None else proc(v) for v in columns[i]]
+        rows = list(zip(*columns, strict=True))
+    conn.exec_driver_sql(sql, rows)
+
+
+def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
+    """State rows of keys found in sync (key, fingerprint) as of ``at``: errors cleared."""
+    return [(key, at, fp, None, None, 0) for key, fp in keys]
 
 
 def record_writes(
@@ -175,34 +210,13 @@ def record_writes(
     if not plans:
         return
     at = now()
-    conn.execute(
-        sa.insert(history),
-        [
-            {
-                "key": p.key,
-                "at": at,
-                "trigger": trigger,
-                "added": list(p.added),
-                "removed": list(p.removed),
-                "duration_ms": round(durations.get(p.key, 0.0), 3),
-            }
-            for p in plans
-        ],
-    )
-    _upsert_state(
-        conn,
-        [
-            {
-                "key": p.key,
-                "last_synced_at": at,
-                "fingerprint": p.fingerprint,
-                "last_error": None,
-                "last_error_at": None,
-                "attempts": 0,
-            }
-            for p in plans
-        ],
-    )
+    history_rows = [
+        (p.key, at, trigger, list(p.added), list(p.removed), round(durations.get(p.key, 0.0), 3))
+        for p in plans
+    ]
+    _insert_many(conn, history, _HISTORY_FIELDS, history_rows)
+    state_rows = _state_rows([(p.key, p.fingerprint) for p in plans], at)
+    _insert_many(conn, state, ("key", *_STATE_FIELDS), state_rows, upsert=True)
 
 
 def record_event(
@@ -220,19 +234,8 @@ def record_event(
 def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None:
     """A sync of `key` found nothing to change: it is in sync as of now."""
     with engine.begin() as conn:
-        _upsert_state(
-            conn,
-            [
-                {
-                    "key": key,
-                    "last_synced_at": now(),
-                    "fingerprint": fingerprint,
-                    "last_error": None,
-                    "last_error_at": None,
-                    "attempts": 0,
-                }
-            ],
-        )
+        rows = _state_rows([(key, fingerprint)], now())
+        _insert_many(conn, state, ("key", *_STATE_FIELDS), rows, upsert=True)
 
 
 def record_error(engine: sa.Engine, key: str, error: str) -> None:
