@@ -13,7 +13,9 @@ Tasks (`kind`):
 - `seed`: the seed's cron: read the table, then for each portfolio list its folder (one
   storage request each, with the product's storage backend) and UPDATE its row when the
   rendered listing differs (one UPDATE statement per differing row, each committed on its
-  own, as the cron's per-row client calls were).
+  own, as the cron's per-row client calls were). On SQLite it runs with the product's
+  engine settings (WAL, synchronous=NORMAL), so the comparison is of the algorithms;
+  `synchronous` in the task sets another level (`FULL`, SQLite's default) for reference.
 """
 
 from __future__ import annotations
@@ -128,6 +130,18 @@ def seed(task: dict[str, Any]) -> dict[str, Any]:
     layout = Layout.from_settings(settings)
     storage = open_storage(settings)
     engine = _engine(task["database_url"])
+    if task.get("synchronous"):  # e.g. SQLite's own default, FULL: an fsync per commit
+        import sqlalchemy as sa
+
+        level = str(task["synchronous"])
+
+        @sa.event.listens_for(engine, "connect")
+        def _synchronous(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute(f"PRAGMA synchronous={level}")
+
+        engine.dispose()  # the warm connection was made with the product's settings
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
     postgres = engine.dialect.name == "postgresql"
     update = (
         "UPDATE portfolios SET images = CAST(%s AS TEXT[]) WHERE id = %s"

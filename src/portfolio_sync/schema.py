@@ -154,21 +154,23 @@ _Processor = Callable[[Any], Any] | None
 def _bulk_statement(
     dialect: sa.Dialect, table: sa.Table, fields: tuple[str, ...], upsert: bool
 ) -> tuple[str, tuple[_Processor, ...]]:
-    """An INSERT (or upsert on the first column) for the DBAPI's executemany, with the bind
-    processors SQLAlchemy would apply to each field (datetimes as SQLite stores them, JSON
-    as the driver wants it), built once per dialect.
+    """An INSERT (or upsert on the first column) of many rows, with the bind processors
+    SQLAlchemy would apply to each field (datetimes as SQLite stores them, JSON as the
+    driver wants it), built once per dialect.
 
     Written out rather than run through ``conn.execute(insert(table), rows)``: there the
     per-row parameter handling cost more than the statement, in every sync and for every
-    row of a bulk write. ``ON CONFLICT … DO UPDATE SET … = excluded.…`` reads the same in
-    SQLite and PostgreSQL.
+    row of a bulk write. SQLite takes the rows through ``executemany`` (no round trips);
+    PostgreSQL as one array per column, ``unnest``-ed: one statement whatever the number
+    of rows. ``ON CONFLICT … DO UPDATE SET … = excluded.…`` reads the same in both.
     """
     quote = dialect.identifier_preparer.quote
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, fields))}) "
-        f"VALUES ({', '.join([marker] * len(fields))})"
-    )
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, fields))}) "
+    if dialect.name == "postgresql":
+        arrays = ", ".join(f"%s::{table.c[f].type.compile(dialect=dialect)}[]" for f in fields)
+        sql = head + f"SELECT * FROM unnest({arrays})"
+    else:
+        sql = head + f"VALUES ({', '.join(['?'] * len(fields))})"
     if upsert:
         sets = ", ".join(f"{quote(f)} = excluded.{quote(f)}" for f in fields[1:])
         sql += f" ON CONFLICT ({quote(fields[0])}) DO UPDATE SET {sets}"
@@ -186,16 +188,18 @@ def _insert_many(
     *,
     upsert: bool = False,
 ) -> None:
+    """Insert ``rows`` (tuples in ``fields`` order); with ``upsert``, keys must be unique."""
     if not rows:
         return
     sql, processors = _bulk_statement(conn.dialect, table, fields, upsert)
-    if any(processors):  # column by column: one map per processed field
-        columns: list[Any] = list(zip(*rows, strict=True))
-        for i, proc in enumerate(processors):
-            if proc is not None:
-                columns[i] = [None if v is None else proc(v) for v in columns[i]]
-        rows = list(zip(*columns, strict=True))
-    conn.exec_driver_sql(sql, rows)
+    columns: list[Any] = list(zip(*rows, strict=True))
+    for i, proc in enumerate(processors):  # column by column: one pass per processed field
+        if proc is not None:
+            columns[i] = [None if v is None else proc(v) for v in columns[i]]
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(sql, tuple(map(list, columns)))
+    else:
+        conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
 
 def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
@@ -215,7 +219,8 @@ def record_writes(
         for p in plans
     ]
     _insert_many(conn, history, _HISTORY_FIELDS, history_rows)
-    state_rows = _state_rows([(p.key, p.fingerprint) for p in plans], at)
+    # one state row per key (an upsert cannot touch a row twice in one statement)
+    state_rows = _state_rows(list({p.key: p.fingerprint for p in plans}.items()), at)
     _insert_many(conn, state, ("key", *_STATE_FIELDS), state_rows, upsert=True)
 
 
