@@ -7,17 +7,19 @@ pass costs about as much as the listing alone. Threads cannot do this: the listi
 and drops the GIL around every `stat`, and a busy comparing thread would hold it.
 
 Run as a script (stdlib only, so `python -I -S` starts it in milliseconds):
-`python -I -S folder_walker.py TOP PREFIX`, folder names (already in the order the pass
-wants) as a marshal'ed list on stdin. It writes frames to stdout: one type byte, a 4-byte
-little-endian length, a marshal'ed payload:
+`python -I -S folder_walker.py TOP PREFIX`. It lists and sorts the folder names of TOP
+itself, so the calling process never holds the names of a large tree (the one part of a
+pass whose memory grows with the number of folders), then writes frames to stdout: one
+type byte, a 4-byte little-endian length, a marshal'ed payload:
 
 - `F`: a batch of folders, each `(name, paths, sizes, mtimes)`, paths relative to the root;
 - `E`: the error that stopped the listing (a string; nothing after it is valid);
 - `Z`: the end.
 
-The rules are `storage._walk`'s: regular files at any depth (symlinks followed), entries
-that vanish meanwhile are skipped, a folder that vanished is empty, any other error ends
-the listing with `E`.
+The listing rules live here once, for this script and for `storage.LocalStorage` alike
+(which imports this module): regular files at any depth (symlinks followed), entries that
+vanish meanwhile are skipped, a folder that vanished is empty, any other error ends the
+listing (`WalkError`, an `E` frame here).
 """
 
 from __future__ import annotations
@@ -32,10 +34,40 @@ BATCH_OBJECTS = 1024  # objects per frame: enough to amortise a frame, small eno
 
 
 class WalkError(Exception):
-    pass
+    """Listing failed (not: something vanished meanwhile); the message names the folder."""
+
+
+def folder_order(name: str) -> bytes:
+    """The order S3 lists folders in: UTF-8 bytes of `name/`.
+
+    The catalog reads rows in the same order so that the bulk pass can merge the two
+    streams; `name/` rather than `name` matters (`a b/` sorts before `a/`).
+    """
+    return (name + "/").encode("utf-8", "surrogateescape")
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def folder_names(top: str) -> list[str]:
+    """The sub-folders of `top` in `folder_order`; none if `top` does not exist."""
+    try:
+        with os.scandir(top) as entries:
+            names = [entry.name for entry in entries if _is_dir(entry)]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise WalkError(f"cannot list {top}: {exc}") from exc
+    names.sort(key=folder_order)
+    return names
 
 
 def walk(directory: str, rel: str, paths: list[str], sizes: list[int], mtimes: list[float]) -> None:
+    """Append path (`rel` + name), size and mtime of every file under `directory`."""
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
@@ -66,12 +98,11 @@ def emit(out: BinaryIO, kind: bytes, payload: Any) -> None:
 
 def main() -> int:
     top, prefix = sys.argv[1], sys.argv[2]
-    names: list[str] = marshal.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
     batch: list[tuple[str, list[str], list[int], list[float]]] = []
     size = 0
     try:
-        for name in names:
+        for name in folder_names(top):
             paths: list[str] = []
             sizes: list[int] = []
             mtimes: list[float] = []

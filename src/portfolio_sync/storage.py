@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from portfolio_sync.errors import ConfigError, StorageError
+from portfolio_sync.folder_walker import WalkError, folder_names, walk
+from portfolio_sync.folder_walker import folder_order as folder_order  # re-exported
 from portfolio_sync.models import ObjectInfo
 
 try:
@@ -43,15 +45,6 @@ class ObjectNotFound(StorageError):
 
 class ObjectTooLarge(StorageError):
     """The object is larger than the caller accepts."""
-
-
-def folder_order(name: str) -> bytes:
-    """The order S3 lists folders in: UTF-8 bytes of `name/`.
-
-    The catalog reads rows in the same order so that the bulk pass can merge the two
-    streams; `name/` rather than `name` matters (`a b/` sorts before `a/`).
-    """
-    return (name + "/").encode("utf-8", "surrogateescape")
 
 
 class Storage(Protocol):
@@ -103,28 +96,20 @@ class LocalStorage:
 
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         self.check()
-        out: list[ObjectInfo] = []
-        _walk(self._dir(prefix), prefix, out)
-        return out
+        return _list(self._dir(prefix), prefix)
 
     def iter_folders(self, prefix: str) -> Iterator[Group]:
         self.check()
         top = self._dir(prefix)
+        if _helper_usable() and _has_many_folders(top):
+            yield from _walk_in_helper(top, prefix)
+            return
         try:
-            with os.scandir(top) as entries:
-                names = [e.name for e in entries if _is_dir(e)]
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StorageError(f"cannot list {top}: {exc}") from exc
-        names.sort(key=folder_order)
-        if len(names) >= HELPER_MIN_FOLDERS and _helper_usable():
-            yield from _walk_in_helper(top, prefix, names)
-            return
+            names = folder_names(top)
+        except WalkError as exc:
+            raise StorageError(str(exc)) from exc
         for name in names:
-            out: list[ObjectInfo] = []
-            _walk(os.path.join(top, name), f"{prefix}{name}/", out)
-            yield name, out
+            yield name, _list(os.path.join(top, name), f"{prefix}{name}/")
 
     def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
         # Resolving (symlinks included) before the containment check is what stops `..`
@@ -161,13 +146,6 @@ class LocalStorage:
         pass
 
 
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
 # A frozen dataclass's __init__ sets each field through object.__setattr__, which costs
 # more than listing the file did; the bulk pass builds one ObjectInfo per file, so the
 # listing fills the slots directly. The result is the same ObjectInfo in every respect.
@@ -193,36 +171,37 @@ def _objects(paths: list[str], sizes: list[int], mtimes: list[float]) -> list[Ob
     return objects
 
 
-def _walk(directory: str, rel: str, out: list[ObjectInfo]) -> None:
-    """Append every file under `directory`; vanished entries are skipped, errors raise.
-
-    A file or folder deleted while we list it is simply gone (the next event or pass sees
-    the new state); any other error aborts the listing rather than returning a partial one.
-    """
-    append = out.append
-    is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
+def _list(directory: str, rel: str) -> list[ObjectInfo]:
+    """Every file under `directory` (see `folder_walker.walk`); errors raise."""
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[float] = []
     try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                mode = st.st_mode
-                if is_reg(mode):
-                    append(_object(rel + entry.name, st.st_size, st.st_mtime))
-                elif is_dir(mode):
-                    _walk(entry.path, f"{rel}{entry.name}/", out)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as exc:
-        raise StorageError(f"cannot list {directory}: {exc}") from exc
+        walk(directory, rel, paths, sizes, mtimes)
+    except WalkError as exc:
+        raise StorageError(str(exc)) from exc
+    return _objects(paths, sizes, mtimes)
 
 
 # From this many folders on, `iter_folders` lists them in a helper process (see
 # folder_walker.py) while the caller works on the folders already listed.
 HELPER_MIN_FOLDERS = 500
 _WALKER = str(Path(__file__).with_name("folder_walker.py"))
+
+
+def _has_many_folders(top: str) -> bool:
+    """Whether `top` has at least HELPER_MIN_FOLDERS sub-folders; stops counting there."""
+    count = 0
+    try:
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    count += 1
+                    if count >= HELPER_MIN_FOLDERS:
+                        return True
+    except OSError:  # listed again in process, which reports the error
+        return False
+    return False
 
 
 def _helper_usable() -> bool:
@@ -252,25 +231,20 @@ def _widen_pipe(fd: int) -> None:
             continue
 
 
-def _walk_in_helper(top: str, prefix: str, names: list[str]) -> Iterator[Group]:
-    """`iter_folders` of `names` (in that order), listed ahead by folder_walker.py."""
+def _walk_in_helper(top: str, prefix: str) -> Iterator[Group]:
+    """`iter_folders(prefix)` of the folder `top`, listed ahead by folder_walker.py."""
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", _WALKER, top, prefix],
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
     except OSError as exc:
         raise StorageError(f"cannot start the folder listing helper: {exc}") from exc
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None and proc.stderr is not None
     _widen_pipe(proc.stdout.fileno())
     try:
-        try:
-            proc.stdin.write(marshal.dumps(names))
-            proc.stdin.close()
-        except OSError as exc:
-            raise StorageError(f"the folder listing helper failed: {exc}") from exc
         read = proc.stdout.read
         while True:
             head = read(5)
@@ -299,7 +273,7 @@ def _walk_in_helper(top: str, prefix: str, names: list[str]) -> Iterator[Group]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        for stream in (proc.stdout, proc.stderr):
             stream.close()
 
 

@@ -82,6 +82,7 @@ def test_the_helper_lists_under_a_prefix(tmp_path: Path, monkeypatch: pytest.Mon
     assert _listing(LocalStorage(tmp_path), "portfolios/") == [
         (key, [(f"portfolios/{key}/a.jpg", 1)]) for key in ("1", "2", "3")
     ]
+    assert _listing(LocalStorage(tmp_path), "missing/") == []
 
 
 def test_stopping_early_ends_the_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
