@@ -210,11 +210,7 @@ class Catalog:
         by one fetch: PostgreSQL reads through a server-side cursor, SQLite steps its
         statement as rows are consumed.
         """
-        collate = ' COLLATE "C"' if self.dialect == "postgresql" else ""
-        sql = (
-            f"SELECT {self._select_list()} FROM {self._table_sql} "
-            f"ORDER BY (CAST({self._key_sql} AS TEXT) || '/'){collate}"
-        )
+        sql = f"SELECT {self._select_list()} FROM {self._table_sql} ORDER BY {self._folder_order()}"
         # The DBAPI cursor directly: this read is the bulk pass's hot path, and SQLAlchemy's
         # result rows cost more per row than decoding the row does.
         error = self.engine.dialect.loaded_dbapi.Error
@@ -249,6 +245,27 @@ class Catalog:
                 batch = cursor.fetchmany(_FETCH_ROWS)
         except error as exc:
             raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+
+    def _folder_order(self) -> str:
+        """`storage.folder_order` of the key in SQL: the UTF-8 bytes of `key/` (SQLite's
+        BINARY collation and PostgreSQL's "C" both compare bytes)."""
+        collate = ' COLLATE "C"' if self.dialect == "postgresql" else ""
+        return f"(CAST({self._key_sql} AS TEXT) || '/'){collate}"
+
+    def keys_after(self, after: str | None, limit: int) -> list[str]:
+        """Up to `limit` keys after `after` in the order of :meth:`stream_rows`.
+
+        A keyset query on the same ordering expression, so a late page (of the dashboard)
+        costs as much as the first.
+        """
+        order = self._folder_order()
+        where = f"WHERE {order} > :after " if after is not None else ""
+        sql = f"SELECT CAST({self._key_sql} AS TEXT) FROM {self._table_sql} {where}"
+        with self._connect() as conn:
+            found = conn.execute(
+                sa.text(f"{sql}ORDER BY {order} LIMIT :n"), {"after": f"{after}/", "n": limit}
+            ).scalars()
+            return [str(k) for k in found]
 
     def count_rows(self) -> int:
         with self._connect() as conn:

@@ -149,21 +149,8 @@ def _facts(runtime: Runtime) -> dict[str, Any]:
 
 
 def _page_keys(catalog: Catalog, after: str | None, limit: int) -> tuple[list[str], bool]:
-    """Up to `limit` keys after `after`, in the order of `Catalog.stream_rows` (folder order).
-
-    A keyset query on the same ordering expression, so a late page costs as much as the
-    first; SQLite's BINARY collation and PostgreSQL's "C" both compare UTF-8 bytes.
-    """
-    key, collate = catalog._key_sql, ' COLLATE "C"' if catalog.dialect == "postgresql" else ""
-    order = f"(CAST({key} AS TEXT) || '/'){collate}"
-    where = f"WHERE {order} > :after " if after is not None else ""
-    sql = f"SELECT CAST({key} AS TEXT) FROM {catalog._table_sql} {where}ORDER BY {order} LIMIT :n"
-    try:
-        with catalog.engine.connect() as conn:
-            found = conn.execute(sa.text(sql), {"after": f"{after}/", "n": limit + 1}).scalars()
-            keys = [str(k) for k in found]
-    except sa.exc.SQLAlchemyError as exc:
-        raise CatalogError(f"cannot read {catalog.table_name}: {exc}") from exc
+    """Up to `limit` keys after `after` (folder order), and whether more follow."""
+    keys = catalog.keys_after(after, limit + 1)
     return keys[:limit], len(keys) > limit
 
 
