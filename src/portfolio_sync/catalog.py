@@ -73,6 +73,8 @@ class Catalog:
 
     def __init__(self, engine: sa.Engine, *, table: str, key_column: str, columns: Sequence[str]):
         self.engine = engine
+        #: The same pool, each statement committed on its own (single-statement work).
+        self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.dialect = engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
             raise ConfigError(f"database {self.dialect!r} is not supported")
@@ -196,7 +198,7 @@ class Catalog:
         if value is None:
             return None
         sql = f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = :k"
-        with self._connect() as conn:
+        with self._connect(autocommit=True) as conn:
             record = conn.execute(sa.text(sql), {"k": value}).first()
         return None if record is None else self._row(record)
 
@@ -369,9 +371,11 @@ class Catalog:
             cursor.close()
 
     @contextmanager
-    def _connect(self) -> Iterator[sa.Connection]:
+    def _connect(self, *, autocommit: bool = False) -> Iterator[sa.Connection]:
+        """A pooled connection; with ``autocommit``, for one statement: no BEGIN and no
+        ROLLBACK round trips around it (an event sync's read is one SELECT)."""
         try:
-            with self.engine.connect() as conn:
+            with (self.autocommit_engine if autocommit else self.engine).connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise CatalogError(f"database error on {self.table_name}: {exc}") from exc

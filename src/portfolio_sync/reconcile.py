@@ -129,7 +129,7 @@ class Reconciler:
             if change is None:
                 if not dry_run:
                     found = [o for collection in images for o in collection]
-                    schema.record_checked(self.catalog.engine, key, fingerprint(found))
+                    schema.record_checked(self.catalog.autocommit_engine, key, fingerprint(found))
                 return done(status="unchanged", duration_ms=_ms(started))
             if dry_run:
                 return _changed(change, started, dry_run=True, listed=listed)

@@ -237,7 +237,10 @@ def record_event(
 
 
 def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None:
-    """A sync of `key` found nothing to change: it is in sync as of now."""
+    """A sync of `key` found nothing to change: it is in sync as of now.
+
+    One statement, so `engine` may be an autocommit engine (no BEGIN/COMMIT round trips).
+    """
     with engine.begin() as conn:
         rows = _state_rows([(key, fingerprint)], now())
         _insert_many(conn, state, ("key", *_STATE_FIELDS), rows, upsert=True)
