@@ -24,6 +24,12 @@ class Sizes:
     events_portfolios: int
     initial: int  # portfolios of the initial-import data set (the seed writes every row)
     s3_seed_sample: int = 0  # count the seed's S3 requests on this many portfolios (0: all)
+    # `portfolio-sync worker` processes (PostgreSQL job queue): portfolios of the data set,
+    # syncs queued at once for the throughput figure, seconds of each events run (kept
+    # short at the default scale: 3 worker counts x 4 rounds, each with fresh processes)
+    workers_portfolios: int = 1_000
+    workers_syncs: int = 500
+    workers_seconds: float = 6.0
 
 
 SCALES = {
@@ -47,6 +53,8 @@ SCALES = {
         events_seconds=30.0,
         events_portfolios=1_000,
         initial=10_000,
+        workers_syncs=1_000,
+        workers_seconds=20.0,
     ),
     # A quick pass over every scenario, to check the suite itself (not for results).
     "smoke": Sizes(
@@ -59,6 +67,9 @@ SCALES = {
         events_portfolios=100,
         initial=200,
         s3_seed_sample=50,
+        workers_portfolios=100,
+        workers_syncs=100,
+        workers_seconds=2.0,
     ),
 }
 
@@ -140,14 +151,18 @@ class Context:
             flush=True,
         )
 
-    def dataset(self, name: str, spec: Spec, *, postgres: bool = True) -> Dataset:
+    def dataset(
+        self, name: str, spec: Spec, *, postgres: bool = True, sqlite: bool = True
+    ) -> Dataset:
         """Build (once) a tree and its tables."""
         if name in self.datasets:
             return self.datasets[name]
         root = self.work / f"tree-{name}"
         print(f"  building {name}: {spec.portfolios} portfolios x {spec.images} images", flush=True)
         tree = build_tree(spec, root)
-        tables = {"SQLite": Table(url=sqlite_url(self.work / f"{name}.db"), tree=tree)}
+        tables: dict[str, Table] = {}
+        if sqlite:
+            tables["SQLite"] = Table(url=sqlite_url(self.work / f"{name}.db"), tree=tree)
         if postgres and self.pg_server:
             place = PostgresPlace(server_url=self.pg_server)
             place.create()

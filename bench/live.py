@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,46 @@ from measure import Stat, clean_env
 BURST_KEYS_FROM = 900_001
 
 
-def _portfolio_sync() -> str:
+def portfolio_sync_script() -> str:
+    """The `portfolio-sync` console script of the interpreter running the bench."""
     import sys
 
     script = Path(sys.executable).parent / "portfolio-sync"
     return str(script)
+
+
+def product_env(ctx: Context, table: Table) -> dict[str, str]:
+    """Environment for a product subprocess on `table` and its tree: product defaults,
+    except the cron schedule, moved out of the way so no full pass runs meanwhile."""
+    env = clean_env()
+    env.pop("PYTHONPATH", None)
+    if ctx.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(ctx.pythonpath)
+    env.update(
+        {
+            "PORTFOLIO_SYNC_DATABASE_URL": table.url,
+            "PORTFOLIO_SYNC_STORAGE_URL": str(table.tree.root),
+            "PORTFOLIO_SYNC_SCHEDULE": "0 0 1 1 *",  # no cron pass during a measurement
+        }
+    )
+    return env
+
+
+def stop(*procs: subprocess.Popen[bytes], timeout: float = 30.0) -> list[int | None]:
+    """One SIGTERM to each, then wait for each (bounded): the exit codes, None for a
+    process that had to be killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes: list[int | None] = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            codes.append(None)
+    return codes
 
 
 class Server:
@@ -87,21 +122,11 @@ def serve(ctx: Context, table: Table, label: str) -> Iterator[Server]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = clean_env()
-    env.pop("PYTHONPATH", None)
-    if ctx.pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(ctx.pythonpath)
-    env.update(
-        {
-            "PORTFOLIO_SYNC_DATABASE_URL": table.url,
-            "PORTFOLIO_SYNC_STORAGE_URL": str(table.tree.root),
-            "PORTFOLIO_SYNC_SCHEDULE": "0 0 1 1 *",  # no cron pass during a measurement
-        }
-    )
+    env = product_env(ctx, table)
     log = ctx.work / f"serve-{label}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [_portfolio_sync(), "serve", "--port", str(port)],
+            [portfolio_sync_script(), "serve", "--port", str(port)],
             env=env,
             cwd=ctx.work,
             stdout=out,
@@ -113,13 +138,7 @@ def serve(ctx: Context, table: Table, label: str) -> Iterator[Server]:
         yield server
     finally:
         server.client.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 def upload(root: Path, key: int, name: str) -> None:
@@ -166,11 +185,22 @@ class Poller:
             self.pg.close()
 
 
-def _events_run(
-    table: Table, keys: list[int], *, rate: float, seconds: float, tag: str, seed: int
+def events_run(
+    table: Table,
+    keys: list[int],
+    *,
+    rate: float,
+    seconds: float,
+    tag: str,
+    seed: int,
+    put: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
+    """Uploads at `rate` per second for `seconds` into random `keys`; each one's latency
+    from just before `put(key, name)` (default: `upload` into the tree) until the poller
+    sees its path in the row."""
     rng = random.Random(seed)
     root = table.tree.root
+    put = put or (lambda key, name: upload(root, key, name))
     pending: dict[str, tuple[int, float]] = {}
     latencies: list[float] = []
     lock = threading.Lock()
@@ -188,7 +218,7 @@ def _events_run(
             name = f"ev-{tag}-{i}.jpg"
             with lock:
                 pending[f"{key}/{name}"] = (key, time.perf_counter())
-            upload(root, key, name)
+            put(key, name)
         done.set()
 
     poller = Poller(table)
@@ -276,7 +306,7 @@ def live(ctx: Context, dataset: Dataset) -> None:
             runs: list[dict[str, Any]] = []
             for index in range(ctx.warmup + ctx.runs):
                 warm = index < ctx.warmup
-                result = _events_run(
+                result = events_run(
                     table,
                     keys,
                     rate=rate,

@@ -26,10 +26,11 @@ import fullpass  # noqa: E402
 import live  # noqa: E402
 import report  # noqa: E402
 import s3bench  # noqa: E402
+import workers  # noqa: E402
 from context import SCALES, Context, size_label  # noqa: E402
 from data import Spec  # noqa: E402
 
-SCENARIOS = ("noop", "drift", "initial", "scaling", "large", "s3", "live")
+SCENARIOS = ("noop", "drift", "initial", "scaling", "large", "s3", "live", "workers")
 BENCH_DB_ENV = "PORTFOLIO_SYNC_BENCH_DATABASE_URL"
 
 
@@ -159,6 +160,18 @@ def main() -> int:
             )
             live.live(ctx, dataset)
             ctx.drop_dataset("events")
+        if "workers" in only:
+            print("== worker processes (PostgreSQL job queue)", flush=True)
+            if pg_url:
+                dataset = ctx.dataset(
+                    "workers",
+                    Spec(portfolios=sizes.workers_portfolios, images=sizes.images),
+                    sqlite=False,
+                )
+                workers.workers(ctx, dataset)
+                ctx.drop_dataset("workers")
+            else:
+                print("  no PostgreSQL: skipped", flush=True)
     finally:
         ctx.close()
         if embedded is not None:
@@ -209,6 +222,8 @@ def notes(ctx: Context, pg_note: str, elapsed: float) -> list[str]:
         f"Initial import uses {s.initial} portfolios at this scale (the seed commits one "
         "UPDATE per row, which dominates the run time).",
     ]
+    if any(row.scenario.startswith("workers") for row in ctx.rows):
+        out.append(workers.note(ctx))
     if not ctx.rclone:
         out.append("rclone is not installed (`apt-get install rclone`): its column is skipped.")
     return out

@@ -4,6 +4,7 @@ Idempotent and versioned, in this order:
 
 1. procrastinate's schema, created only if ``procrastinate_jobs`` does not resolve (its
    script is not idempotent), and checked to have the functions this version calls;
+   plus an index on the lock of waiting and running jobs (see ``jobs.ensure_lock_index``);
 2. our own tables, through the numbered migrations of :mod:`portfolio_sync.schema`;
 3. a trigger on the portfolio table and, with ``--storage-objects BUCKET``, on Supabase's
    ``storage.objects``, each deferring ``sync_portfolio`` in the changing transaction
@@ -204,7 +205,8 @@ def print_sql(
     header = (
         f"-- portfolio-sync setup for PostgreSQL; functions go to schema {where!r}.\n"
         "-- 1. procrastinate's schema, only if procrastinate_jobs is missing\n"
-        "--    (print it with: procrastinate schema --read).\n"
+        "--    (print it with: procrastinate schema --read), and an index the job fetch\n"
+        f"--    needs (kept by --uninstall, like the queue's tables):\n--    {pq.LOCK_INDEX_SQL};\n"
         f"-- 2. portfolio-sync's tables (portfolio_sync_meta, _state, _history, _outbox),\n"
         f"--    migrations 1..{schema.LATEST}.\n"
         "-- 3. job triggers, in the same transaction as step 1:\n"

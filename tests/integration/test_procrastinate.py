@@ -15,7 +15,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,17 +28,6 @@ from portfolio_sync.runtime import Runtime
 from portfolio_sync.service import Service
 from tests.integration.supabase import ensure_storage_objects, forget_bucket
 from tests.integration.world import World
-
-
-@pytest.fixture
-def pgw(tmp_path: Path, pg_url: str) -> Iterator[World]:
-    """PostgreSQL + a local folder, table `portfolios` with a text[] images column."""
-    root = tmp_path / "storage"
-    root.mkdir()
-    w = World(kind="postgres-folder", database_url=pg_url, root=root)
-    w.create_table()
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -161,6 +149,24 @@ def test_setup_installs_in_the_test_schema_is_idempotent_and_uninstalls(
     assert sql.execute(triggers).fetchone() == (0,)
     for table in ("procrastinate_jobs", "portfolio_sync_history", "portfolios"):
         assert sql.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
+
+
+async def test_the_job_fetch_finds_other_jobs_of_a_lock_by_index(
+    pgw: World, sql: psycopg.Connection[Any]
+) -> None:
+    """procrastinate's fetch skips a job whose lock is taken with a lookup by lock; without
+    an index on it every fetch reads the whole queue (n² to drain n jobs)."""
+    async with draining(pgw, worker=False):
+        pass
+    sql.execute("SET enable_seqscan = off")  # an empty table: ask which index would serve
+    plan = "\n".join(
+        str(r[0])
+        for r in sql.execute(
+            "EXPLAIN SELECT 1 FROM procrastinate_jobs o WHERE o.lock = 'portfolio_sync:1' "
+            "AND (o.status = 'doing' OR (o.status = 'todo' AND o.id < 5))"
+        )
+    )
+    assert "portfolio_sync_jobs_lock_idx" in plan, plan
 
 
 def test_croniter_expression_moves_the_seconds_field() -> None:

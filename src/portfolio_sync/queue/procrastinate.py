@@ -43,11 +43,13 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from procrastinate import App, JobContext, PsycopgConnector, RetryStrategy
 from procrastinate import exceptions as pexc
 
@@ -82,6 +84,36 @@ async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     """Pool connections in autocommit: every query here is one statement, and the pool
     would otherwise add a COMMIT round trip to each (a request costs one round trip)."""
     await conn.set_autocommit(True)
+
+
+class _IdleConnectionCheck:
+    """The pool's connection check, for connections not used in the last few seconds.
+
+    procrastinate's pool checks every connection it hands out with an empty query: a
+    round trip before each of the queue's queries (fetch, finish, defer), about a third
+    of a job's queue overhead. A connection used a moment ago is alive unless the server
+    went away in that moment, and then the one failing query is retried like any other
+    database error; a connection idle for longer is checked as before.
+    """
+
+    def __init__(self, fresh_for: float = 5.0) -> None:
+        self.fresh_for = fresh_for
+        self._used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        last = self._used.get(conn)
+        if last is None or now - last > self.fresh_for:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+        self._used[conn] = now
+
+
+def _pool_checking_idle_connections(**kwargs: Any) -> psycopg_pool.AsyncConnectionPool:
+    """procrastinate's pool, with :class:`_IdleConnectionCheck` as its check."""
+    kwargs["check"] = _IdleConnectionCheck()
+    return psycopg_pool.AsyncConnectionPool(**kwargs)
 
 
 def _now() -> datetime.datetime:
@@ -144,6 +176,7 @@ class ProcrastinateQueue:
             min_size=1,
             max_size=self.concurrency + 4,
             configure=_autocommit,
+            pool_factory=_pool_checking_idle_connections,
         )
         self.app = App(connector=connector)
         self._jobs = self.app.job_manager = QueueJobManager(connector=connector)
