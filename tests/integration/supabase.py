@@ -37,4 +37,7 @@ def ensure_storage_objects(server_url: str) -> None:
 
 def forget_bucket(server_url: str, bucket: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM storage.objects WHERE bucket_id = %s", (bucket,))
+        conn.execute(
+            "DELETE FROM storage.objects WHERE bucket_id = %s OR bucket_id LIKE %s",
+            (bucket, bucket.replace("_", r"\_") + "-%"),  # and the test's other buckets
+        )
