@@ -154,30 +154,41 @@ _Processor = Callable[[Any], Any] | None
 def _bulk_statement(
     dialect: sa.Dialect, table: sa.Table, fields: tuple[str, ...], upsert: bool
 ) -> tuple[str, tuple[_Processor, ...]]:
-    """An INSERT (or upsert on the first column) of many rows, with the bind processors
-    SQLAlchemy would apply to each field (datetimes as SQLite stores them, JSON as the
-    driver wants it), built once per dialect.
+    """An INSERT (or upsert on the first column) of many rows, built once per dialect, and
+    the bind processors SQLAlchemy would apply to each field on SQLite (datetimes as
+    SQLite stores them, JSON as text).
 
     Written out rather than run through ``conn.execute(insert(table), rows)``: there the
     per-row parameter handling cost more than the statement, in every sync and for every
     row of a bulk write. SQLite takes the rows through ``executemany`` (no round trips);
-    PostgreSQL as one array per column, ``unnest``-ed: one statement whatever the number
-    of rows. ``ON CONFLICT … DO UPDATE SET … = excluded.…`` reads the same in both.
+    PostgreSQL takes them as one JSON array of rows, expanded by ``json_to_recordset``:
+    one statement and one parameter whatever the number of rows, serialised by the json
+    module in one call. ``ON CONFLICT … DO UPDATE SET … = excluded.…`` reads the same in
+    both.
     """
     quote = dialect.identifier_preparer.quote
     head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, fields))}) "
+    processors: tuple[_Processor, ...] = (None,) * len(fields)
     if dialect.name == "postgresql":
-        arrays = ", ".join(f"%s::{table.c[f].type.compile(dialect=dialect)}[]" for f in fields)
-        sql = head + f"SELECT * FROM unnest({arrays})"
+        columns = ", ".join(
+            f"{quote(f)} {table.c[f].type.compile(dialect=dialect)}" for f in fields
+        )
+        sql = head + f"SELECT * FROM json_to_recordset(%s::json) AS r({columns})"
     else:
         sql = head + f"VALUES ({', '.join(['?'] * len(fields))})"
+        processors = tuple(
+            table.c[f].type.dialect_impl(dialect).bind_processor(dialect) for f in fields
+        )
     if upsert:
         sets = ", ".join(f"{quote(f)} = excluded.{quote(f)}" for f in fields[1:])
         sql += f" ON CONFLICT ({quote(fields[0])}) DO UPDATE SET {sets}"
-    processors = tuple(
-        table.c[f].type.dialect_impl(dialect).bind_processor(dialect) for f in fields
-    )
     return sql, processors
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in a bookkeeping row")
 
 
 def _insert_many(
@@ -192,14 +203,17 @@ def _insert_many(
     if not rows:
         return
     sql, processors = _bulk_statement(conn.dialect, table, fields, upsert)
-    columns: list[Any] = list(zip(*rows, strict=True))
-    for i, proc in enumerate(processors):  # column by column: one pass per processed field
-        if proc is not None:
-            columns[i] = [None if v is None else proc(v) for v in columns[i]]
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(sql, tuple(map(list, columns)))
-    else:
-        conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
+        records = [dict(zip(fields, row, strict=True)) for row in rows]
+        conn.exec_driver_sql(sql, (json.dumps(records, default=_json_default),))
+        return
+    if any(processors):
+        columns: list[Any] = list(zip(*rows, strict=True))
+        for i, proc in enumerate(processors):  # column by column: one pass per field
+            if proc is not None:
+                columns[i] = [None if v is None else proc(v) for v in columns[i]]
+        rows = list(zip(*columns, strict=True))
+    conn.exec_driver_sql(sql, rows)
 
 
 def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
