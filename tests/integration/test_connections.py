@@ -7,6 +7,8 @@ connection closed by the server is replaced, at worst after one failed operation
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -24,8 +26,13 @@ def world(pgw: World) -> World:
 
 
 def _kill(server_url: str, pid: int) -> None:
+    """Terminate a backend and wait until it is gone (termination is asynchronous)."""
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} still there"
+            time.sleep(0.01)
 
 
 def _pooled_pid(cat: Catalog) -> int:
