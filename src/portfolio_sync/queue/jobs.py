@@ -176,16 +176,20 @@ class QueueJobManager(pmanager.JobManager):
                 job_id=job.id, status=pjobs.Status.FAILED, delete_job=False
             )
 
-    async def key_state(self, lock: str) -> tuple[bool, bool]:
-        """(a job of the lock waits, one runs), from the two partial unique indexes."""
+    async def key_state(self, lock: str) -> tuple[bool, bool, datetime.datetime]:
+        """(a job of the lock waits, one runs, the database's clock), from the two partial
+        unique indexes. Workers compare ``scheduled_at`` with the database's clock, so a
+        job scheduled from this answer is scheduled on that clock, whatever the skew of
+        the machine asking."""
         row = await self.connector.execute_query_one_async(
             query="SELECT COALESCE(bool_or(status = 'todo'), false) AS waiting, "
-            "COALESCE(bool_or(status = 'doing'), false) AS running FROM procrastinate_jobs "
+            "COALESCE(bool_or(status = 'doing'), false) AS running, "
+            "clock_timestamp() AS now FROM procrastinate_jobs "
             "WHERE (queueing_lock = %(lock)s AND status = 'todo') "
             "OR (lock = %(lock)s AND status = 'doing')",
             lock=lock,
         )
-        return bool(row["waiting"]), bool(row["running"])
+        return bool(row["waiting"]), bool(row["running"]), row["now"]
 
     async def count(self, *statuses: str) -> int:
         """Jobs of this queue in any of ``statuses``, on every worker."""

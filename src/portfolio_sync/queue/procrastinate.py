@@ -86,6 +86,9 @@ async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
+_DUE_MARGIN = 0.05  # seconds: a scheduled job this close to due may be starting
+
+
 class _IdleConnectionCheck:
     """The pool's connection check, for connections not used in the last few seconds.
 
@@ -114,10 +117,6 @@ def _pool_checking_idle_connections(**kwargs: Any) -> psycopg_pool.AsyncConnecti
     """procrastinate's pool, with :class:`_IdleConnectionCheck` as its check."""
     kwargs["check"] = _IdleConnectionCheck()
     return psycopg_pool.AsyncConnectionPool(**kwargs)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,12 +321,15 @@ class ProcrastinateQueue:
     def _scheduled_here(self, key: str) -> bool:
         """True while a job this process deferred for ``key`` is not due yet.
 
-        Such a job cannot have started (workers only fetch due jobs), so it still waits and
-        a request is coalesced into it without a database round trip: the events of a
-        burst then cost nothing between the key's runs.
+        Such a job cannot have started (workers only fetch due jobs; its ``scheduled_at``
+        is on the database's clock, read just before it was deferred, so clock skew
+        between machines does not matter), so it still waits and a request is coalesced
+        into it without a database round trip: the events of a burst then cost nothing
+        between the key's runs. ``_DUE_MARGIN`` covers the time between reading that clock
+        and this process's own.
         """
         last = self._recent.get(key)
-        return last is not None and last[0] - time.monotonic() > 0.01
+        return last is not None and last[0] - time.monotonic() > _DUE_MARGIN
 
     def _settle_time(self, streak: int) -> float:
         """The local queue's rule: debounce doubled per follow-up, capped at settle_max."""
@@ -437,7 +439,8 @@ class ProcrastinateQueue:
         if self._scheduled_here(key):
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
-        waiting, running = await self._jobs.key_state(lock)
+        asked = time.monotonic()  # no later than the database clock reading below
+        waiting, running, db_now = await self._jobs.key_state(lock)
         if waiting:
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
@@ -446,14 +449,14 @@ class ProcrastinateQueue:
         if key != ALL:
             kwargs["key"] = key
         delay, streak = self._follow_up_delay(key, running=running)
-        settle = None if delay is None else _now() + datetime.timedelta(seconds=delay)
+        settle = None if delay is None else db_now + datetime.timedelta(seconds=delay)
         deferrer = task.configure(lock=lock, queueing_lock=lock, schedule_at=settle)
         try:
             await deferrer.defer_async(**kwargs)
         except pexc.AlreadyEnqueued:
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
-        self._remember(key, time.monotonic() + (delay or 0.0), streak)
+        self._remember(key, asked + (delay or 0.0), streak)
         if delay is not None:
             self._wake_in(delay)
         logger.debug("sync queued", extra={"action": "sync_queued", "key": key, "trigger": trigger})
