@@ -142,6 +142,11 @@ def install(catalog: Catalog, settings: Settings, *, bucket: str | None = None) 
             where = _queue_schema(conn)
             state = "created" if created else "present"
             messages.append(f"procrastinate schema {state} in {where}")
+            if not pq.lock_index_exists(driver):
+                messages.append(
+                    f"warning: could not create index {pq.LOCK_INDEX} (not the owner of "
+                    "procrastinate_jobs?): job fetches slow down as the queue deepens"
+                )
             if bucket and not _exists(conn, OBJECTS_TABLE):
                 raise CatalogError(
                     f"--storage-objects: there is no table {OBJECTS_TABLE} "

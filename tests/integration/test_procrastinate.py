@@ -22,7 +22,14 @@ import pytest
 
 from portfolio_sync import pg_setup, schema
 from portfolio_sync.queue import ALL
-from portfolio_sync.queue.jobs import PASS_TASK, SYNC_TASK, croniter_expression
+from portfolio_sync.queue.jobs import (
+    LOCK_INDEX,
+    PASS_TASK,
+    SYNC_TASK,
+    apply_schema_if_missing,
+    croniter_expression,
+    lock_index_exists,
+)
 from portfolio_sync.queue.procrastinate import ProcrastinateQueue, QueueOptions
 from portfolio_sync.runtime import Runtime
 from portfolio_sync.service import Service
@@ -167,6 +174,31 @@ async def test_the_job_fetch_finds_other_jobs_of_a_lock_by_index(
         )
     )
     assert "portfolio_sync_jobs_lock_idx" in plan, plan
+
+
+def test_a_worker_role_that_may_not_index_the_queue_still_starts(
+    pgw: World, sql: psycopg.Connection[Any], pg_url: str
+) -> None:
+    """Workers create the lock index if it is missing; a role that may not (not the owner
+    of procrastinate_jobs) gets a warning, not a failed start."""
+    with psycopg.connect(pg_url) as conn:
+        apply_schema_if_missing(conn)
+    sql.execute(f"DROP INDEX {LOCK_INDEX}")
+    role = f"ps_worker_{sql.execute('SELECT current_schema()').fetchone()[0]}"  # type: ignore[index]
+    sql.execute(f"CREATE ROLE {role} NOLOGIN")
+    try:
+        sql.execute(f"GRANT USAGE ON SCHEMA {role.removeprefix('ps_worker_')} TO {role}")
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(f"SET ROLE {role}")
+            assert apply_schema_if_missing(conn) is False  # no error
+            assert not lock_index_exists(conn)
+            conn.rollback()
+        with psycopg.connect(pg_url) as conn:  # the owner creates it
+            apply_schema_if_missing(conn)
+            assert lock_index_exists(conn)
+    finally:
+        sql.execute(f"DROP OWNED BY {role}")
+        sql.execute(f"DROP ROLE {role}")
 
 
 def test_croniter_expression_moves_the_seconds_field() -> None:

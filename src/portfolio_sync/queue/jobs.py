@@ -31,6 +31,7 @@ __all__ = [
     "croniter_expression",
     "ensure_lock_index",
     "lock_for",
+    "lock_index_exists",
     "missing_functions",
 ]
 
@@ -92,7 +93,17 @@ def apply_schema_if_missing(conn: psycopg.Connection[Any]) -> bool:
             f"{_procrastinate_version()} expects (missing {', '.join(missing)}); "
             "apply procrastinate's migrations, then run setup again"
         )
-    ensure_lock_index(conn)
+    try:
+        with conn.transaction():  # a savepoint: a refusal leaves the caller's work intact
+            ensure_lock_index(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # A worker running as a role that may not index procrastinate_jobs: the queue works,
+        # only slower as it deepens. `setup`, run as the owner, creates the index.
+        logger.warning(
+            "cannot create the job queue's lock index; run `portfolio-sync setup` as the "
+            "owner of procrastinate_jobs",
+            extra={"action": "lock_index_missing", "error": str(exc).strip()},
+        )
     return created
 
 
@@ -112,16 +123,21 @@ def ensure_lock_index(conn: psycopg.Connection[Any]) -> bool:
     jobs costs n² (seen: 0.6 ms per fetch with this index, 30 ms with 1,000 jobs queued
     without it). Looked up first, so a worker start takes no lock on the jobs table.
     """
+    if lock_index_exists(conn):
+        return False
+    conn.execute(LOCK_INDEX_SQL)
+    return True
+
+
+def lock_index_exists(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``LOCK_INDEX`` exists beside ``procrastinate_jobs`` (False if neither)."""
     row = conn.execute(
-        "SELECT to_regclass(quote_ident(n.nspname) || '.' || %s) IS NULL FROM pg_class c "
+        "SELECT to_regclass(quote_ident(n.nspname) || '.' || %s) IS NOT NULL FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.oid = to_regclass('procrastinate_jobs')",
         (LOCK_INDEX,),
     ).fetchone()
-    if not (row and row[0]):
-        return False
-    conn.execute(LOCK_INDEX_SQL)
-    return True
+    return bool(row and row[0])
 
 
 def missing_functions(conn: psycopg.Connection[Any]) -> list[str]:
