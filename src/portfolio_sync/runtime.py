@@ -189,7 +189,9 @@ class Runtime:
         """Ask for a sync of `key`; `expect` says which paths the event saw appear/vanish."""
         if expect:
             self.expectations.add(key, expect)
-        return await self.queue.request(key, trigger)
+        if isinstance(self.queue, LocalQueue):
+            return await self.queue.request(key, trigger)
+        return await self.queue.request(key, trigger, expect=expect)  # may run elsewhere
 
     async def request_all(self, trigger: str) -> bool:
         return await self.queue.request_all(trigger)

@@ -373,6 +373,10 @@ async def test_a_trickle_of_requests_for_one_key_costs_a_handful_of_runs(
     woken by a notification rather than the next poll."""
     pgw.insert(30, None)
     async with draining(pgw, poll_interval=5.0) as (queue, recorder):
+        # the worker listens once it is up: until then a new job waits for the 5 s poll
+        await queue.request("31", "warm-up")
+        await eventually(lambda: recorder.calls == [("31", "warm-up")], timeout=10)
+        recorder.calls.clear()
         started = time.monotonic()
         for i in range(40):  # 2 s of uploads
             pgw.put(f"30/{i:02d}.jpg")
@@ -387,7 +391,22 @@ async def test_a_trickle_of_requests_for_one_key_costs_a_handful_of_runs(
     # loaded machine that stretches the burst
     assert 2 <= runs <= 6, (runs, last - started)
     assert took < 2.0  # settle_max after the last request, not the 5 s poll interval
-    assert _statuses(sql) == [("succeeded",)] * runs
+    assert _statuses(sql) == [("succeeded",)] * (runs + 1)
+
+
+async def test_expectations_travel_in_the_job_and_merge_into_a_waiting_one(
+    pgw: World, sql: psycopg.Connection[Any]
+) -> None:
+    """A storage event's expectations reach whichever worker runs the job (another machine
+    may), and a waiting job absorbs those of the requests coalesced into it."""
+    async with draining(pgw, worker=False) as (queue, _):
+        assert await queue.request("5", "storage", expect={"5/a.jpg": True}) is True
+        assert await queue.request("5", "storage", expect={"5/b.jpg": False}) is False
+        assert await queue.request("5", "storage") is False
+        assert await queue.request("6", "manual") is True
+    args = {a["key"]: a for _, a in jobs(sql)}
+    assert args["5"]["expect"] == {"5/a.jpg": True, "5/b.jpg": False}
+    assert "expect" not in args["6"]
 
 
 async def test_a_failed_run_with_a_job_waiting_never_blocks_its_key(
@@ -517,3 +536,26 @@ async def test_storage_objects_event_ahead_of_storage_is_rechecked(
         assert pgw.images(23) == []
         pgw.put("23/late.jpg")
         await eventually(lambda: pgw.images(23) == ["23/late.jpg"])
+
+
+async def test_a_webhook_received_by_one_process_is_rechecked_by_another_ones_worker(
+    pgw: World,
+) -> None:
+    """`serve` without a worker takes a storage webhook ahead of storage; the worker of
+    another process runs the job, sees the listing lag, and retries until it catches up."""
+    pgw.insert(24, None)
+    with pgw.service(debounce=0.05) as svc:
+        receiver = Runtime(
+            svc,
+            watch=False,
+            catch_up=False,
+            queue_options=QueueOptions(run_worker=False, poll_interval=0.2),
+        )
+        async with receiver:
+            await receiver.request("24", "storage:webhook", expect={"24/late.jpg": True})
+    async with runtime_on(pgw) as worker:
+        retries = worker.metrics.retries.labels("lagging")
+        await eventually(lambda: retries._value.get() >= 1)
+        assert pgw.images(24) == []
+        pgw.put("24/late.jpg")
+        await eventually(lambda: pgw.images(24) == ["24/late.jpg"])

@@ -8,7 +8,9 @@ schema check, and the job manager fix-up. Kept apart from the queue class so tha
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -206,6 +208,18 @@ class QueueJobManager(pmanager.JobManager):
             lock=lock,
         )
         return bool(row["waiting"]), bool(row["running"]), row["now"]
+
+    async def merge_expect(self, lock: str, expect: Mapping[str, bool]) -> bool:
+        """Add ``expect`` to the waiting job of ``lock``; False if none waits (any more)."""
+        row = await self.connector.execute_query_one_async(
+            query="WITH merged AS (UPDATE procrastinate_jobs SET args = jsonb_set(args, "
+            "'{expect}', COALESCE(args -> 'expect', '{}'::jsonb) || %(expect)s::jsonb) "
+            "WHERE queueing_lock = %(lock)s AND status = 'todo' RETURNING 1) "
+            "SELECT count(*) AS n FROM merged",
+            lock=lock,
+            expect=json.dumps(dict(expect)),
+        )
+        return bool(row["n"])
 
     async def count(self, *statuses: str) -> int:
         """Jobs of this queue in any of ``statuses``, on every worker."""

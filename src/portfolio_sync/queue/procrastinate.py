@@ -423,37 +423,52 @@ class ProcrastinateQueue:
         self._tasks[-1].set_name(f"portfolio-sync-procrastinate-{name}")
 
     # ---- intake -------------------------------------------------------------------------
-    async def request(self, key: str, trigger: str) -> bool:
+    async def request(
+        self, key: str, trigger: str, *, expect: Mapping[str, bool] | None = None
+    ) -> bool:
         """Defer a job for ``key``; False when one is already waiting (coalesced).
 
         The key's jobs are looked up first: a burst of events for one key then costs one
         index lookup each rather than a failed INSERT (logged by the server as an error)
-        and a rollback, and a job deferred while the key runs waits for the settle time
-        (``debounce``), as in the local queue. A job appearing between lookup and INSERT
-        still ends in AlreadyEnqueued.
+        and a rollback, and a job deferred while the key runs, or right after a job of a
+        burst, waits for the settle time (:meth:`_follow_up_delay`). A job appearing
+        between lookup and INSERT still ends in AlreadyEnqueued.
+
+        ``expect`` (a storage event's paths, present or gone) travels in the job, so the
+        worker that runs it, on any machine, re-checks a listing that does not show them
+        yet; a waiting job absorbs the expectations of the requests coalesced into it, as
+        the database triggers do.
         """
         if self._closed:
             raise QueueClosed()
         await self._open()
         lock = lock_for(key)
-        if self._scheduled_here(key):
+        hint = {str(path): bool(present) for path, present in (expect or {}).items()}
+        if self._scheduled_here(key) and await self._absorbed(lock, hint):
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
         asked = time.monotonic()  # no later than the database clock reading below
         waiting, running, db_now = await self._jobs.key_state(lock)
         if waiting:
-            logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
-            return False
+            if await self._absorbed(lock, hint):
+                logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
+                return False
+            running = True  # it started meanwhile: this is its follow-up
         task = self._pass_task if key == ALL else self._sync_task
         kwargs: dict[str, Any] = {"trigger": trigger}
         if key != ALL:
             kwargs["key"] = key
+        if hint:
+            kwargs["expect"] = hint
         delay, streak = self._follow_up_delay(key, running=running)
         settle = None if delay is None else db_now + datetime.timedelta(seconds=delay)
         deferrer = task.configure(lock=lock, queueing_lock=lock, schedule_at=settle)
         try:
             await deferrer.defer_async(**kwargs)
         except pexc.AlreadyEnqueued:
+            # deferred by someone else since the lookup; it has not started, or it would
+            # not hold the queueing lock: hand it this request's expectations
+            await self._absorbed(lock, hint)
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
         self._remember(key, asked + (delay or 0.0), streak)
@@ -461,6 +476,12 @@ class ProcrastinateQueue:
             self._wake_in(delay)
         logger.debug("sync queued", extra={"action": "sync_queued", "key": key, "trigger": trigger})
         return True
+
+    async def _absorbed(self, lock: str, expect: Mapping[str, bool]) -> bool:
+        """Whether the key's waiting job now carries ``expect`` too (trivially, if empty)."""
+        if not expect:
+            return True
+        return await self._jobs.merge_expect(lock, expect)
 
     async def request_all(self, trigger: str) -> bool:
         return await self.request(ALL, trigger)
