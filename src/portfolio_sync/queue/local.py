@@ -33,7 +33,7 @@ from typing import Literal, Self
 
 from portfolio_sync.queue import ALL, QueueClosed
 
-__all__ = ["FailureHook", "LocalQueue", "Runner", "SuccessHook", "backoff_delay"]
+__all__ = ["FailureHook", "LocalQueue", "Runner", "SuccessHook", "backoff_delay", "settle_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,18 @@ class _Entry:
     dirty_trigger: str = ""
     timer: asyncio.TimerHandle | None = None
     streak: int = 0  # follow-up runs in a row; grows the settle time of a long burst
+
+
+def settle_time(streak: int, *, debounce: float, settle_max: float) -> float:
+    """The wait before follow-up number ``streak`` (1, 2, …) of a key in a burst: debounce
+    doubled per consecutive follow-up, capped at ``settle_max``. Both queues use it.
+
+    A key that is still busy after its follow-up run is in a long burst (a bulk upload):
+    waiting longer each time keeps such a burst at a handful of runs (about
+    log2(burst / debounce) + burst / settle_max), while the cap bounds how long after the
+    last event the final run starts.
+    """
+    return min(debounce * 2.0 ** (streak - 1), max(debounce, settle_max))
 
 
 def backoff_delay(failures: int, *, initial: float, maximum: float, jitter: float) -> float:
@@ -338,15 +350,9 @@ class LocalQueue:
         return (wait, streak + 1) if wait > 0 else None
 
     def _settle_time(self, streak: int) -> float:
-        """Debounce doubled per consecutive follow-up, capped at ``settle_max``.
-
-        A key that is still busy after its follow-up run is in a long burst (a bulk upload):
-        waiting longer each time keeps such a burst at a handful of runs (about
-        log2(burst / debounce) + burst / settle_max), while the cap bounds how long after
-        the last event the final run starts. The entry, and so the streak, ends when the
-        key goes idle.
-        """
-        return min(self._debounce * 2.0 ** (streak - 1), max(self._debounce, self._settle_max))
+        """See :func:`settle_time`; the entry, and so the streak, ends when the key goes
+        idle."""
+        return settle_time(streak, debounce=self._debounce, settle_max=self._settle_max)
 
     def _delay(self, key: str, entry: _Entry, seconds: float) -> None:
         entry.state = "delayed"

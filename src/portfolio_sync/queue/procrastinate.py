@@ -68,7 +68,7 @@ from portfolio_sync.queue.jobs import (
     croniter_expression,
     lock_for,
 )
-from portfolio_sync.queue.local import FailureHook, Runner
+from portfolio_sync.queue.local import FailureHook, Runner, settle_time
 
 __all__ = ["ExpectHook", "ProcrastinateQueue", "QueueOptions", "RowDeletedHook"]
 
@@ -332,10 +332,9 @@ class ProcrastinateQueue:
         return last is not None and last[0] - time.monotonic() > _DUE_MARGIN
 
     def _settle_time(self, streak: int) -> float:
-        """The local queue's rule: debounce doubled per follow-up, capped at settle_max."""
-        debounce = float(self.settings.debounce)
-        cap = max(debounce, self.options.settle_max)
-        return min(debounce * 2.0 ** max(streak - 1, 0), cap)
+        return settle_time(
+            streak, debounce=float(self.settings.debounce), settle_max=self.options.settle_max
+        )
 
     def _remember(self, key: str, due: float, streak: int) -> None:
         self._recent[key] = (due, streak)
