@@ -199,15 +199,30 @@ def postgres_row_install(
         + "\n  END IF;\n  RETURN NULL;\nEND\n$fn$"
     )
     skip = "ARRAY[" + ", ".join(literal(name) for name, _ in images) + "]::text[]"
+    return _install(
+        body,
+        fn,
+        table_sql,
+        (write, update),
+        "UPDATE",
+        f"(to_jsonb(OLD.*) - {skip}) IS DISTINCT FROM (to_jsonb(NEW.*) - {skip})",
+    )
+
+
+def _install(
+    body: str, fn: str, table_sql: str, triggers: tuple[str, str], on_update: str, when: str
+) -> list[str]:
+    """The function, then (re)created triggers calling it: one AFTER INSERT OR DELETE, one
+    AFTER ``on_update`` (e.g. ``UPDATE OF a, b``) for rows where ``when`` holds."""
+    write, update = triggers
     return [
         body,
         f"DROP TRIGGER IF EXISTS {write} ON {table_sql}",
         f"CREATE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         f"DROP TRIGGER IF EXISTS {update} ON {table_sql}",
-        f"CREATE TRIGGER {update} AFTER UPDATE ON {table_sql} FOR EACH ROW "
-        f"WHEN ((to_jsonb(OLD.*) - {skip}) IS DISTINCT FROM (to_jsonb(NEW.*) - {skip})) "
-        f"EXECUTE FUNCTION {fn}()",
+        f"CREATE TRIGGER {update} AFTER {on_update} ON {table_sql} FOR EACH ROW "
+        f"WHEN ({when}) EXECUTE FUNCTION {fn}()",
     ]
 
 
@@ -281,19 +296,15 @@ def postgres_objects_install(
         + _defer(target, "old_key", trigger, "jsonb_build_object('expect', expect)")
         + "\n  END IF;\n  RETURN NULL;\nEND\n$fn$"
     )
-    write, update = triggers
-    return [
+    return _install(
         body,
-        f"DROP TRIGGER IF EXISTS {write} ON {table_sql}",
-        f"CREATE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
-        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        f"DROP TRIGGER IF EXISTS {update} ON {table_sql}",
-        f"CREATE TRIGGER {update} AFTER UPDATE OF name, bucket_id, metadata ON {table_sql} "
-        "FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name "
-        "OR OLD.bucket_id IS DISTINCT FROM NEW.bucket_id "
-        "OR OLD.metadata IS DISTINCT FROM NEW.metadata) "
-        f"EXECUTE FUNCTION {fn}()",
-    ]
+        fn,
+        table_sql,
+        triggers,
+        "UPDATE OF name, bucket_id, metadata",
+        "OLD.name IS DISTINCT FROM NEW.name OR OLD.bucket_id IS DISTINCT FROM NEW.bucket_id "
+        "OR OLD.metadata IS DISTINCT FROM NEW.metadata",
+    )
 
 
 def postgres_uninstall(*, function: str, triggers: Sequence[str], table_sql: str) -> list[str]:
