@@ -156,13 +156,7 @@ def drift(ctx: Context, dataset: Dataset, *, size: str) -> None:
                 "" if not any(wrong) else f"{max(wrong)} rows left wrong",
             )
         )
-        for name in series:
-            ctx.add(Row(scenario, f"{setup} + folder", f"time: {name}", series[name].stat(), "s"))
-        ctx.raw[f"drift/{size}/{setup}"] = {
-            **{n: s.results for n, s in series.items()},
-            "written": written,
-            "wrong": wrong,
-        }
+        _times_and_raw(ctx, f"drift/{size}/{setup}", scenario, setup, series, written, wrong)
         table.prepare("synced")
 
 
@@ -243,14 +237,27 @@ def initial(ctx: Context, dataset: Dataset, *, size: str) -> None:
                 all(w == rows for w in ours_written) and not any(wrong),
             )
         )
-        for name in series:
-            ctx.add(Row(scenario, f"{setup} + folder", f"time: {name}", series[name].stat(), "s"))
-        ctx.raw[f"initial/{size}/{setup}"] = {
-            **{n: s.results for n, s in series.items()},
-            "written": written,
-            "wrong": wrong,
-        }
+        _times_and_raw(ctx, f"initial/{size}/{setup}", scenario, setup, series, written, wrong)
         table.prepare("synced")
+
+
+def _times_and_raw(
+    ctx: Context,
+    raw_key: str,
+    scenario: str,
+    setup: str,
+    series: dict[str, Series],
+    written: object,
+    wrong: list[int],
+) -> None:
+    """A time row per job, and every run's results (with the write counts) in the JSON."""
+    for name in series:
+        ctx.add(Row(scenario, f"{setup} + folder", f"time: {name}", series[name].stat(), "s"))
+    ctx.raw[raw_key] = {
+        **{n: s.results for n, s in series.items()},
+        "written": written,
+        "wrong": wrong,
+    }
 
 
 def scaling_point(ctx: Context, portfolios: int, series: dict[str, Series]) -> dict[str, Any]:
