@@ -12,8 +12,9 @@ bucket id per test, trigger functions in the test's schema).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +34,7 @@ from portfolio_sync.queue.jobs import (
 from portfolio_sync.queue.procrastinate import ProcrastinateQueue, QueueOptions
 from portfolio_sync.runtime import Runtime
 from portfolio_sync.service import Service
+from tests.integration import polling
 from tests.integration.supabase import ensure_storage_objects, forget_bucket
 from tests.integration.world import World
 
@@ -69,13 +71,7 @@ def keys(conn: psycopg.Connection[Any], status: str = "todo") -> list[str]:
     return [args["key"] for task, args in jobs(conn, status) if task == SYNC_TASK]
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
+eventually = functools.partial(polling.eventually, timeout=15.0, interval=0.05)
 
 
 class Recorder:

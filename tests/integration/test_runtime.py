@@ -9,7 +9,7 @@ import asyncio
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from portfolio_sync import outbox, schema
 from portfolio_sync.runtime import Runtime
+from tests.integration.polling import eventually
 from tests.integration.world import World
 
 
@@ -32,16 +33,6 @@ async def running(
         async with runtime:
             await asyncio.wait_for(runtime.queue.join(), 30)  # the catch-up pass
             yield runtime
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Poll until `check()` holds; returns the seconds it took (bounded)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 def _sqlite(world: World) -> sqlite3.Connection:
