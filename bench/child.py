@@ -46,7 +46,7 @@ def _settings(task: dict[str, Any]) -> Any:
 def ours(task: dict[str, Any]) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    from portfolio_sync.service import open_service
+    from portfolio_sync.wiring import open_service
 
     with open_service(_settings(task)) as svc:
         with svc.catalog.engine.connect() as conn:
@@ -87,7 +87,7 @@ def _scan(top: str, out: list[tuple[str, int, float]]) -> None:
 
 
 def _engine(url: str) -> Any:
-    from portfolio_sync.catalog import create_engine
+    from portfolio_sync.backends.catalog import create_engine
     from portfolio_sync.config import normalize_database_url
 
     engine = create_engine(normalize_database_url(url))
@@ -101,7 +101,7 @@ def floor(task: dict[str, Any]) -> dict[str, Any]:
     if task["storage_url"].startswith("s3://"):
         import obstore
 
-        from portfolio_sync.storage import open_storage
+        from portfolio_sync.backends.storage import open_storage
 
         store = open_storage(_settings(task))._store  # type: ignore[attr-defined]
         started, cpu = time.perf_counter(), time.process_time()
@@ -123,8 +123,8 @@ def floor(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def seed(task: dict[str, Any]) -> dict[str, Any]:
+    from portfolio_sync.backends.storage import open_storage
     from portfolio_sync.layout import Layout
-    from portfolio_sync.storage import open_storage
 
     settings = _settings(task)
     layout = Layout.from_settings(settings)

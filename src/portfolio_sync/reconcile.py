@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from portfolio_sync import schema
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import schema
+from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.storage import Storage, folder_order
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import Layout
 from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
-from portfolio_sync.storage import Storage, folder_order
 
 logger = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from cronsim import CronSim
 
-from portfolio_sync import outbox, schema
+from portfolio_sync.backends import outbox, schema
+from portfolio_sync.backends.storage import LocalStorage
 from portfolio_sync.errors import PortfolioSyncError
 from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
 from portfolio_sync.queue import ALL
 from portfolio_sync.queue.local import LocalQueue
 from portfolio_sync.reconcile import plan
-from portfolio_sync.service import Service
-from portfolio_sync.storage import LocalStorage
+from portfolio_sync.wiring import Service
 
 if TYPE_CHECKING:
     from portfolio_sync.queue.procrastinate import ProcrastinateQueue, QueueOptions

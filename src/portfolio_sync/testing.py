@@ -13,12 +13,12 @@ from collections.abc import Iterator, Mapping
 from itertools import count
 from typing import TYPE_CHECKING
 
+from portfolio_sync.backends.storage import Group, ObjectNotFound, ObjectTooLarge, folder_order
 from portfolio_sync.errors import StorageError
 from portfolio_sync.models import ObjectInfo
-from portfolio_sync.storage import Group, ObjectNotFound, ObjectTooLarge, folder_order
 
 if TYPE_CHECKING:
-    from portfolio_sync.storage import Storage
+    from portfolio_sync.backends.storage import Storage
 
 
 def _path_order(path: str) -> bytes:

@@ -18,7 +18,7 @@ from portfolio_sync.config import Settings
 from portfolio_sync.errors import ConfigError
 from portfolio_sync.queue.procrastinate import QueueOptions
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.service import open_service
+from portfolio_sync.wiring import open_service
 
 logger = logging.getLogger(__name__)
 

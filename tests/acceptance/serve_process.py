@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tests.acceptance.cli import SCRIPT
+from tests.acceptance.command import SCRIPT
 
 T = TypeVar("T")
 

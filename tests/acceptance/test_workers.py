@@ -31,7 +31,7 @@ import pytest
 
 from portfolio_sync.layout import natural_key
 from portfolio_sync.queue.jobs import PASS_TASK, QUEUE, SYNC_TASK
-from tests.acceptance.cli import SCRIPT, run
+from tests.acceptance.command import SCRIPT, run
 from tests.integration.supabase import ensure_storage_objects, forget_bucket
 from tests.integration.world import JPEG, World
 

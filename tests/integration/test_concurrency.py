@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from portfolio_sync.backends.storage import Storage
 from portfolio_sync.models import ObjectInfo
-from portfolio_sync.storage import Storage
 from tests.integration.world import World
 
 

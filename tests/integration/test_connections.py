@@ -12,8 +12,8 @@ import time
 import psycopg
 import pytest
 
-from portfolio_sync import catalog as catalog_module
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import catalog as catalog_module
+from portfolio_sync.backends.catalog import Catalog
 from portfolio_sync.errors import CatalogError
 from portfolio_sync.queue import procrastinate as pq
 from tests.integration.world import World

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from portfolio_sync import pg_setup, schema
+from portfolio_sync.backends import pg_setup, schema
 from portfolio_sync.queue import ALL
 from portfolio_sync.queue.jobs import (
     LOCK_INDEX,
@@ -33,7 +33,7 @@ from portfolio_sync.queue.jobs import (
 )
 from portfolio_sync.queue.procrastinate import ProcrastinateQueue, QueueOptions
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.service import Service
+from portfolio_sync.wiring import Service
 from tests.integration import polling
 from tests.integration.supabase import ensure_storage_objects, forget_bucket
 from tests.integration.world import World

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from portfolio_sync import outbox, schema
+from portfolio_sync.backends import outbox, schema
 from portfolio_sync.runtime import Runtime
 from tests.integration.polling import eventually
 from tests.integration.world import World
@@ -100,7 +100,7 @@ async def _postgres_has_no_outbox(world: World) -> None:
 
 
 async def test_setup_cli_installs_prints_and_uninstalls_triggers(world: World) -> None:
-    from tests.acceptance.cli import run
+    from tests.acceptance.command import run
 
     world.create_table()
     proc = run("setup", env=world.env())

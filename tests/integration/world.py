@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from portfolio_sync.config import Settings, load_settings
-from portfolio_sync.service import Service, open_service
+from portfolio_sync.wiring import Service, open_service
 from tests.servers import S3Target
 
 JPEG = b"\xff\xd8\xff\xe0" + b"0" * 60  # non-empty: zero-byte objects are not images

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portfolio_sync.backends.storage import S3Storage, Storage, folder_order
 from portfolio_sync.errors import StorageError
 from portfolio_sync.models import ObjectInfo
-from portfolio_sync.storage import S3Storage, Storage, folder_order
 from portfolio_sync.testing import MemoryStorage
 
 NFC_E = unicodedata.normalize("NFC", "é")  # U+00E9

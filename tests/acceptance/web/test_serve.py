@@ -22,11 +22,11 @@ import httpx
 import pytest
 
 from portfolio_sync.sources.auth import sign
-from tests.acceptance.cli import run_json
+from tests.acceptance.command import run_json
 from tests.acceptance.serve_process import ServeProcess, serve_process, wait_for
 from tests.integration.world import World
 
-PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[2] / "fixtures" / "payloads"
 SECRET = "correct-horse-battery-staple"
 
 

@@ -5,7 +5,7 @@ Idempotent and versioned, in this order:
 1. procrastinate's schema, created only if ``procrastinate_jobs`` does not resolve (its
    script is not idempotent), and checked to have the functions this version calls;
    plus an index on the lock of waiting and running jobs (see ``jobs.ensure_lock_index``);
-2. our own tables, through the numbered migrations of :mod:`portfolio_sync.schema`;
+2. our own tables, through the numbered migrations of :mod:`portfolio_sync.backends.schema`;
 3. a trigger on the portfolio table and, with ``--storage-objects BUCKET``, on Supabase's
    ``storage.objects``, each deferring ``sync_portfolio`` in the changing transaction
    (SQL in :mod:`portfolio_sync.sources.triggers`).
@@ -27,8 +27,8 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import sqlalchemy as sa
 
-from portfolio_sync import schema
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import schema
+from portfolio_sync.backends.catalog import Catalog
 from portfolio_sync.config import Settings
 from portfolio_sync.errors import CatalogError
 from portfolio_sync.layout import Layout

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from portfolio_sync import storage
+from portfolio_sync.backends import storage
+from portfolio_sync.backends.storage import LocalStorage, folder_order
 from portfolio_sync.errors import StorageError
-from portfolio_sync.storage import LocalStorage, folder_order
 
 
 def _tree(root: Path) -> None:

@@ -21,12 +21,13 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from portfolio_sync import dashboard, http_errors
 from portfolio_sync.errors import PayloadError
-from portfolio_sync.http_errors import ErrorBody
-from portfolio_sync.intake import Intake, Queued, key_problem
 from portfolio_sync.queue import ALL
 from portfolio_sync.runtime import Runtime
+from portfolio_sync.web import dashboard
+from portfolio_sync.web import errors as http_errors
+from portfolio_sync.web.errors import ErrorBody
+from portfolio_sync.web.intake import Intake, Queued, key_problem
 
 __all__ = ["create_app"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.acceptance.cli import run, run_json
+from tests.acceptance.command import run, run_json
 from tests.integration.world import World
 from tests.servers import MotoServer, S3Target
 

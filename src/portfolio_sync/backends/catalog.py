@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from portfolio_sync import schema
+from portfolio_sync.backends import schema
 from portfolio_sync.errors import CatalogError, ConfigError
 from portfolio_sync.models import Plan, Row
 

@@ -18,7 +18,7 @@ import uvicorn
 
 from portfolio_sync.config import Settings
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.service import open_service
+from portfolio_sync.wiring import open_service
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run_server(settings: Settings, *, host: str, port: int, watch: bool = True) 
 
 
 async def serve(settings: Settings, *, host: str, port: int, watch: bool = True) -> None:
-    from portfolio_sync.server import create_app
+    from portfolio_sync.web.app import create_app
 
     with open_service(settings) as svc:
         runtime = Runtime(svc, watch=watch)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from portfolio_sync import console, outbox
+from portfolio_sync.backends import outbox
+from portfolio_sync.cli import console
 from portfolio_sync.config import load_settings
-from portfolio_sync.service import open_service
+from portfolio_sync.wiring import open_service
 
 MARKER = ".portfolio-sync-demo"
 TITLES = (
@@ -146,6 +147,6 @@ def run_demo(
         f"VALUES ({portfolios + 1}, 'Orphan no more')\"\n",
         flush=True,
     )
-    from portfolio_sync.serve import run_server
+    from portfolio_sync.web.serve import run_server
 
     run_server(settings, host="127.0.0.1", port=port)

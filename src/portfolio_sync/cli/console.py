@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portfolio_sync import schema
+from portfolio_sync.backends import schema
 from portfolio_sync.models import PassReport, SyncResult
-from portfolio_sync.service import Service
+from portfolio_sync.wiring import Service
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -29,11 +29,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 
-from portfolio_sync import schema
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import schema
+from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.storage import ObjectNotFound, ObjectTooLarge
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import natural_key
-from portfolio_sync.storage import ObjectNotFound, ObjectTooLarge
 
 if TYPE_CHECKING:
     from portfolio_sync.runtime import Runtime
@@ -333,7 +333,7 @@ def _errors(entries: list[dict[str, Any]]) -> str:
 @cache
 def _shell() -> Template:
     """The page around the body (inline CSS and the refresh script), read once on first use."""
-    text = files("portfolio_sync").joinpath("templates/dashboard.html").read_text("utf-8")
+    text = files("portfolio_sync.web").joinpath("templates/dashboard.html").read_text("utf-8")
     return Template(text)
 
 

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from portfolio_sync import schema
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import schema
+from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.storage import Storage, open_storage
 from portfolio_sync.config import Settings
 from portfolio_sync.layout import Layout
 from portfolio_sync.reconcile import Guard, Reconciler
-from portfolio_sync.storage import Storage, open_storage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.acceptance.serve_process import ServeProcess, serve_process
 from tests.integration.world import World
 
-PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[2] / "fixtures" / "payloads"
 FIXTURES = [json.loads(p.read_text()) for p in sorted(PAYLOADS.glob("*.json"))]
 
 FUZZ = settings(

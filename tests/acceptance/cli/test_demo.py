@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.cli import SCRIPT
+from tests.acceptance.command import SCRIPT
 from tests.acceptance.serve_process import free_port, wait_for
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
+from portfolio_sync.backends.folder_walker import WalkError, folder_names, walk
+from portfolio_sync.backends.folder_walker import folder_order as folder_order  # re-exported
 from portfolio_sync.errors import ConfigError, StorageError
-from portfolio_sync.folder_walker import WalkError, folder_names, walk
-from portfolio_sync.folder_walker import folder_order as folder_order  # re-exported
 from portfolio_sync.models import ObjectInfo
 
 try:

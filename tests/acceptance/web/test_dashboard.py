@@ -23,12 +23,13 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from portfolio_sync import dashboard, schema
+from portfolio_sync.backends import schema
+from portfolio_sync.cli.demo import create_demo, make_image
 from portfolio_sync.config import Settings, load_settings
-from portfolio_sync.demo import create_demo, make_image
 from portfolio_sync.layout import natural_key
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.service import open_service
+from portfolio_sync.web import dashboard
+from portfolio_sync.wiring import open_service
 from tests.integration.world import World
 from tests.servers import S3Target
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from portfolio_sync import schema
-from portfolio_sync.catalog import Catalog
+from portfolio_sync.backends import schema
+from portfolio_sync.backends.catalog import Catalog
 from portfolio_sync.errors import CatalogError
 from portfolio_sync.sources import triggers
 

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from portfolio_sync import __version__, console, schema
+from portfolio_sync import __version__
+from portfolio_sync.backends import schema
+from portfolio_sync.cli import console
 from portfolio_sync.config import Settings, load_settings
 from portfolio_sync.errors import ConfigError, PortfolioSyncError
 from portfolio_sync.logs import LogFormat, configure_logging
-from portfolio_sync.service import Service, open_service
+from portfolio_sync.wiring import Service, open_service
 
 app = typer.Typer(
     name="portfolio-sync",
@@ -221,7 +223,7 @@ def setup(
     edits or deletes are synced without any webhook. On PostgreSQL they defer a job in the
     same transaction (see `worker`), after creating the job queue's schema if missing.
     """
-    from portfolio_sync import outbox
+    from portfolio_sync.backends import outbox
 
     with open_service(settings_of(ctx), migrate=False) as svc:
         if svc.settings.is_postgres:
@@ -252,7 +254,7 @@ def setup(
 
 
 def _setup_postgres(svc: Service, *, print_sql: bool, uninstall: bool, bucket: str | None) -> None:
-    from portfolio_sync import pg_setup
+    from portfolio_sync.backends import pg_setup
 
     if print_sql:
         sql = pg_setup.print_sql(svc.catalog, svc.settings, bucket=bucket, remove=uninstall)
@@ -281,7 +283,7 @@ def serve(
     ] = True,
 ) -> None:
     """Run the service: HTTP hooks and API, work queue, scheduler, folder watcher."""
-    from portfolio_sync.serve import run_server
+    from portfolio_sync.web.serve import run_server
 
     run_server(settings_of(ctx), host=host, port=port, watch=watch)
 
@@ -320,7 +322,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented portfolio-sync.toml to start from."""
-    from portfolio_sync.init_file import TEMPLATE
+    from portfolio_sync.cli.init_file import TEMPLATE
 
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; use --force to overwrite")
@@ -340,7 +342,7 @@ def demo(
     port: Annotated[int, typer.Option("--port", help="Port for --serve.")] = 8080,
 ) -> None:
     """Create a demo (SQLite table + folder of generated images) and sync it."""
-    from portfolio_sync.demo import run_demo
+    from portfolio_sync.cli.demo import run_demo
 
     run_demo(directory, portfolios=portfolios, serve=serve, port=port)
 

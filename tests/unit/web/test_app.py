@@ -15,14 +15,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from portfolio_sync.intake import is_loopback, key_problem, old_images, subscribe_url_ok
 from portfolio_sync.layout import Layout
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.server import create_app
-from portfolio_sync.service import open_service
+from portfolio_sync.web.app import create_app
+from portfolio_sync.web.intake import is_loopback, key_problem, old_images, subscribe_url_ok
+from portfolio_sync.wiring import open_service
 from tests.integration.world import World
 
-PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[2] / "fixtures" / "payloads"
 SNS_URL = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=x"
 
 Running = tuple[httpx.AsyncClient, Runtime, FastAPI]

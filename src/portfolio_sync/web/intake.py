@@ -31,6 +31,7 @@ import httpx
 from fastapi import Request
 from pydantic import BaseModel, Field
 
+from portfolio_sync.backends.storage import S3Storage
 from portfolio_sync.errors import PayloadError
 from portfolio_sync.layout import Layout
 from portfolio_sync.queue import ALL
@@ -43,7 +44,6 @@ from portfolio_sync.sources.webhooks import (
     parse_database_payload,
     parse_storage_payload,
 )
-from portfolio_sync.storage import S3Storage
 
 __all__ = ["Intake", "Queued", "key_problem"]
 
