@@ -23,20 +23,30 @@ app = typer.Typer(
     help="Keep a table's image lists equal to what object storage holds.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # Help texts are rich markup: escape a literal `[` (an unescaped `[/prefix]` crashed --help).
+    rich_markup_mode="rich",
 )
 
 _ENV = "PORTFOLIO_SYNC_"
 
 
-def _opt(name: str, help: str, **kwargs: Any) -> Any:
+def _opt(name: str, help: str, default: str | None = None, **kwargs: Any) -> Any:
+    """A global option whose value is None unless given, so that the environment and the TOML
+    file keep their say; `default` is only what `--help` shows (config.py applies it)."""
     return typer.Option(
         f"--{name}",
         envvar=_ENV + name.upper().replace("-", "_"),
         help=help,
         show_envvar=True,
+        show_default=default if default is not None else False,
         **kwargs,
     )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -52,17 +62,15 @@ def _main(
         str | None, _opt("database-url", "sqlite:///file.db or postgresql://user:pass@host/db.")
     ] = None,
     storage_url: Annotated[
-        str | None, _opt("storage-url", "A folder path, file://… or s3://bucket[/prefix].")
+        str | None, _opt("storage-url", "A folder path, file://… or s3://bucket\\[/prefix].")
     ] = None,
     s3_endpoint: Annotated[
         str | None, _opt("s3-endpoint", "S3-compatible endpoint URL (MinIO, Supabase, R2).")
     ] = None,
-    table: Annotated[str | None, _opt("table", "Portfolio table [default: portfolios].")] = None,
-    key_column: Annotated[str | None, _opt("key-column", "Key column [default: id].")] = None,
-    images_column: Annotated[
-        str | None, _opt("images-column", "Images column [default: images].")
-    ] = None,
-    folder: Annotated[str | None, _opt("folder", "Folder template [default: {key}/].")] = None,
+    table: Annotated[str | None, _opt("table", "Portfolio table.", "portfolios")] = None,
+    key_column: Annotated[str | None, _opt("key-column", "Key column.", "id")] = None,
+    images_column: Annotated[str | None, _opt("images-column", "Images column.", "images")] = None,
+    folder: Annotated[str | None, _opt("folder", "Folder template.", "{key}/")] = None,
     collections: Annotated[
         str | None, _opt("collections", "Several columns: col={key}/sub/,col2={key}/other/.")
     ] = None,
@@ -86,11 +94,13 @@ def _main(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="-v: info, -vv: debug.")
     ] = 0,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     fmt: LogFormat = "json" if log_format == "json" else "text"
