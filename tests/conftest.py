@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.supabase import ensure_storage_objects
 from tests.integration.world import World
 from tests.servers import (
     CountingProxy,
@@ -193,16 +195,25 @@ def counting_s3(s3_bucket: S3Target) -> Iterator[CountingS3]:
 # --------------------------------------------------------------------------- worlds
 
 
-@pytest.fixture(params=["sqlite-folder", "postgres-s3"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "sqlite-folder":
+def make_world(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> World:
+    """A World of `kind` (see `World`), on this test's fixtures; close it afterwards."""
+    if kind == "sqlite-folder":
         root = tmp_path / "storage"
         root.mkdir()
-        w = World(kind=request.param, database_url=f"sqlite:///{tmp_path / 'app.db'}", root=root)
-    else:
-        pg_url: str = request.getfixturevalue("pg_url")
-        s3: S3Target = request.getfixturevalue("s3_bucket")
-        w = World(kind=request.param, database_url=pg_url, s3=s3)
+        return World(kind=kind, database_url=f"sqlite:///{tmp_path / 'app.db'}", root=root)
+    pg_url: str = request.getfixturevalue("pg_url")
+    if kind == "postgres-supabase-db":
+        server_url: str = request.getfixturevalue("postgres_server_url")
+        ensure_storage_objects(server_url)
+        bucket = f"t-{uuid.uuid4().hex[:12]}"  # other tests share storage.objects
+        return World(kind=kind, database_url=pg_url, bucket=bucket)
+    s3: S3Target = request.getfixturevalue("s3_bucket")
+    return World(kind=kind, database_url=pg_url, s3=s3)
+
+
+@pytest.fixture(params=["sqlite-folder", "postgres-s3"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    w = make_world(request, tmp_path, request.param)
     yield w
     w.close()
 

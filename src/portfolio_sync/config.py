@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -31,6 +31,8 @@ DEFAULT_EXTENSIONS = (
 )  # fmt: skip
 DEFAULT_CONFIG_FILE = Path("portfolio-sync.toml")
 Order = Literal["name", "uploaded", "preserve"]
+SUPABASE_DB_SCHEME = "supabase-db"  # Supabase Storage read from its storage.objects table
+BUCKET_SCHEMES = ("s3", SUPABASE_DB_SCHEME)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
@@ -106,6 +108,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///portfolio-sync.db"
     storage_url: str = "storage"
+    storage_database_url: str | None = None
     s3_endpoint: str | None = None
     aws_access_key_id: str | None = Field(
         None, validation_alias=AliasChoices("aws_access_key_id", "AWS_ACCESS_KEY_ID")
@@ -171,17 +174,42 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("storage URL is empty")
         parts = urlsplit(value)
-        if parts.scheme == "s3":
+        if parts.scheme in BUCKET_SCHEMES:
             if not parts.netloc:
                 raise ValueError(
-                    f"storage URL {value!r} has no bucket (expected s3://bucket[/prefix])"
+                    f"storage URL {value!r} has no bucket "
+                    f"(expected {parts.scheme}://bucket[/prefix])"
                 )
         elif parts.scheme not in ("", "file") and len(parts.scheme) > 1:  # "C:" is a path
             raise ValueError(
-                f"storage URL scheme {parts.scheme!r} is not supported "
-                "(use a folder path, file://… or s3://bucket[/prefix])"
+                f"storage URL scheme {parts.scheme!r} is not supported (use a folder path, "
+                "file://…, s3://bucket[/prefix] or supabase-db://bucket[/prefix])"
             )
         return value
+
+    @field_validator("storage_database_url")
+    @classmethod
+    def _storage_database_url(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable means "not set": the database_url's database
+            return None
+        url = normalize_database_url(value)
+        if not url.startswith("postgresql"):
+            raise ValueError("storage database URL must be a postgresql:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _storage_database(self) -> Settings:
+        if urlsplit(self.storage_url).scheme == SUPABASE_DB_SCHEME:
+            if self.storage_database_url is None and not self.is_postgres:
+                raise ValueError(
+                    f"storage URL {self.storage_url!r} reads storage.objects, which needs a "
+                    "PostgreSQL database_url or a storage_database_url"
+                )
+        elif self.storage_database_url is not None:
+            raise ValueError(
+                "storage_database_url is only used with a supabase-db://bucket storage URL"
+            )
+        return self
 
     @field_validator("s3_endpoint")
     @classmethod

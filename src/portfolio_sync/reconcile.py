@@ -19,7 +19,7 @@ from operator import attrgetter
 
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
-from portfolio_sync.backends.storage import Storage, folder_order
+from portfolio_sync.backends.storage import SnapshotListing, Storage, folder_order
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import Layout
 from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
@@ -97,6 +97,11 @@ class Reconciler:
         self.layout = layout
         self.guard = guard or Guard()
         self.batch_size = batch_size
+        self._joint = (
+            storage
+            if isinstance(storage, SnapshotListing) and storage.shares(catalog.engine)
+            else None
+        )
 
     # ---- one portfolio ------------------------------------------------------------------
     def sync_one(self, key: str, trigger: str, *, dry_run: bool = False) -> SyncResult:
@@ -115,8 +120,7 @@ class Reconciler:
 
     def _sync_one(self, key: str, trigger: str, *, dry_run: bool, started: float) -> SyncResult:
         for _ in range(CAS_ATTEMPTS):
-            row = self.catalog.read_row(key)  # strictly before the listing (invariant 1)
-            objects = self.storage.list_prefix(self.layout.folder(key))
+            row, objects = self._read(key)
             listed = frozenset(o.path for o in objects)
 
             done = functools.partial(SyncResult, key=key, dry_run=dry_run, listed=listed)
@@ -145,6 +149,18 @@ class Reconciler:
             duration_ms=_ms(started),
             error="the row kept changing while it was synced",
         )
+
+    def _read(self, key: str) -> tuple[Row | None, list[ObjectInfo]]:
+        """The row, read strictly before the listing (invariant 1); or both from one
+        snapshot, when the storage is a table of the catalog's database."""
+        folder = self.layout.folder(key)
+        if self._joint is not None:
+            with self.catalog.snapshot() as conn:
+                return self.catalog.read_row(key, conn=conn), self._joint.list_prefix_in(
+                    conn, folder
+                )
+        row = self.catalog.read_row(key)
+        return row, self.storage.list_prefix(folder)
 
     def _record_error(self, key: str, error: str) -> None:
         try:

@@ -36,7 +36,7 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
     try:
         if migrate:
             schema.migrate(catalog.engine)
-        storage = open_storage(settings)
+        storage = open_storage(settings, database=catalog.engine)
         try:
             reconciler = Reconciler(
                 catalog,

@@ -9,9 +9,14 @@ dropping that schema drops the triggers on the shared table as well.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 
-#: The columns of Supabase's table (storage-api migrations), plus its unique name index.
+#: The columns of Supabase's table and its indexes on names (supabase/storage tenant
+#: migrations: 0002 `bucketid_objname` and `name_prefix_search`, 0020
+#: `idx_objects_bucket_id_name`, the one in byte order), with row-level security enabled
+#: as there (0002). Superusers, as the tests connect, bypass it.
 OBJECTS_DDL = """
 CREATE SCHEMA IF NOT EXISTS storage;
 CREATE TABLE IF NOT EXISTS storage.objects (
@@ -25,7 +30,12 @@ CREATE TABLE IF NOT EXISTS storage.objects (
     metadata jsonb
 );
 CREATE UNIQUE INDEX IF NOT EXISTS bucketid_objname ON storage.objects (bucket_id, name);
+CREATE INDEX IF NOT EXISTS name_prefix_search ON storage.objects (name text_pattern_ops);
+CREATE INDEX IF NOT EXISTS idx_objects_bucket_id_name
+    ON storage.objects (bucket_id, (name COLLATE "C"));
 """
+
+_RLS_ENABLED = "SELECT relrowsecurity FROM pg_class WHERE oid = 'storage.objects'::regclass"
 
 
 def ensure_storage_objects(server_url: str) -> None:
@@ -33,6 +43,23 @@ def ensure_storage_objects(server_url: str) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('portfolio_sync_test_storage'))")
             conn.execute(OBJECTS_DDL)
+            enabled = conn.execute(_RLS_ENABLED).fetchone()
+            if not (enabled and enabled[0]):  # ALTER TABLE locks it: only once
+                conn.execute("ALTER TABLE storage.objects ENABLE ROW LEVEL SECURITY")
+
+
+def object_metadata(size: int, *, etag: str = "0", mimetype: str = "image/jpeg") -> str:
+    """`metadata` as Supabase Storage writes it for an uploaded object (JSON text)."""
+    return json.dumps(
+        {
+            "eTag": f'"{etag}"',
+            "size": size,
+            "mimetype": mimetype,
+            "cacheControl": "max-age=3600",
+            "contentLength": size,
+            "httpStatusCode": 200,
+        }
+    )
 
 
 def forget_bucket(server_url: str, bucket: str) -> None:

@@ -1,12 +1,26 @@
-"""End to end: real database, real storage, the product's own reconciler."""
+"""End to end: real database, real storage, the product's own reconciler.
+
+Every storage backend passes the same tests: a local folder (with SQLite), S3 on moto and
+Supabase's `storage.objects` table (with PostgreSQL).
+"""
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_world
 from tests.integration.world import World
+
+
+@pytest.fixture(params=["sqlite-folder", "postgres-s3", "postgres-supabase-db"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    w = make_world(request, tmp_path, request.param)
+    yield w
+    w.close()
 
 
 def test_new_rows_added_and_deleted_images_and_null(world: World) -> None:

@@ -27,10 +27,14 @@ JPEG = b"\xff\xd8\xff\xe0" + b"0" * 60  # non-empty: zero-byte objects are not i
 
 @dataclass
 class World:
+    """`kind`: sqlite-folder, postgres-folder, postgres-s3 or postgres-supabase-db (objects
+    are rows of the shared `storage.objects`, bucket `bucket`, removed by `close`)."""
+
     kind: str
     database_url: str
     root: Path | None = None
     s3: S3Target | None = None
+    bucket: str | None = None
     column_types: dict[str, str] = field(default_factory=dict)
     key_type: str = "int"
     _engine: sa.Engine | None = None
@@ -49,6 +53,8 @@ class World:
         return self._engine
 
     def close(self) -> None:
+        if self.bucket is not None:
+            self.execute("DELETE FROM storage.objects WHERE bucket_id = :b", {"b": self.bucket})
         if self._engine is not None:
             self._engine.dispose()
 
@@ -63,6 +69,8 @@ class World:
                 aws_secret_access_key=self.s3.secret_key,
                 aws_region=self.s3.region,
             )
+        elif self.bucket is not None:
+            values["storage_url"] = f"supabase-db://{self.bucket}"
         else:
             assert self.root is not None
             values["storage_url"] = str(self.root)
@@ -82,6 +90,8 @@ class World:
         env["PORTFOLIO_SYNC_DATABASE_URL"] = self.database_url
         if self.s3 is not None:
             env.update(self.s3.env())
+        elif self.bucket is not None:
+            env["PORTFOLIO_SYNC_STORAGE_URL"] = f"supabase-db://{self.bucket}"
         else:
             env["PORTFOLIO_SYNC_STORAGE_URL"] = str(self.root)
         env.update(more)
@@ -91,6 +101,8 @@ class World:
     def put(self, path: str, data: bytes = JPEG) -> None:
         if self.s3 is not None:
             self.s3.put(path, data)
+        elif self.bucket is not None:
+            self.put_rows([path], data)
         else:
             assert self.root is not None
             target = self.root.joinpath(*path.split("/"))
@@ -101,12 +113,34 @@ class World:
         """Many uploads at once (moto answers one request at a time per connection)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        if self.bucket is not None:
+            self.put_rows(paths, data)
+            return
+
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda p: self.put(p, data), paths))
+
+    def put_rows(self, paths: list[str], data: bytes = JPEG) -> None:
+        """Uploads as Supabase Storage records them: an upserted `storage.objects` row per
+        object, its size in `metadata` (one transaction)."""
+        from tests.integration.supabase import object_metadata
+
+        rows = [{"b": self.bucket, "n": path, "m": object_metadata(len(data))} for path in paths]
+        self.execute_many(
+            "INSERT INTO storage.objects (bucket_id, name, metadata) "
+            "VALUES (:b, :n, CAST(:m AS jsonb)) ON CONFLICT (bucket_id, name) "
+            "DO UPDATE SET metadata = EXCLUDED.metadata, updated_at = now()",
+            rows,
+        )
 
     def delete(self, path: str) -> None:
         if self.s3 is not None:
             self.s3.delete(path)
+        elif self.bucket is not None:
+            self.execute(
+                "DELETE FROM storage.objects WHERE bucket_id = :b AND name = :n",
+                {"b": self.bucket, "n": path},
+            )
         else:
             assert self.root is not None
             self.root.joinpath(*path.split("/")).unlink()
@@ -197,6 +231,10 @@ class World:
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.text(sql), params or {})
+
+    def execute_many(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(sql), rows)
 
     def writes(self) -> int:
         with self.engine.connect() as conn:

@@ -227,14 +227,32 @@ class Catalog:
         )
 
     # ---- reads ------------------------------------------------------------------------------
-    def read_row(self, key: str) -> Row | None:
+    def read_row(self, key: str, *, conn: sa.Connection | None = None) -> Row | None:
+        """The row of `key`, or None; read in `conn`'s transaction when given."""
         value = self.key_value(key)
         if value is None:
             return None
         sql = f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = :k"
-        with self._connect(autocommit=True) as conn:
-            record = conn.execute(sa.text(sql), {"k": value}).first()
+        if conn is not None:
+            try:
+                record = conn.execute(sa.text(sql), {"k": value}).first()
+            except sa.exc.SQLAlchemyError as exc:
+                raise CatalogError(f"database error on {self.table_name}: {exc}") from exc
+        else:
+            with self._connect(autocommit=True) as own:
+                record = own.execute(sa.text(sql), {"k": value}).first()
         return None if record is None else self._row(record)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sa.Connection]:
+        """A read-only REPEATABLE READ transaction (PostgreSQL): every read through it sees
+        the database as of its first statement, whatever commits meanwhile."""
+        with self._connect() as conn:
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def stream_rows(self) -> Iterator[Iterator[Row]]:

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from portfolio_sync.backends.folder_walker import WalkError, folder_names, walk
 from portfolio_sync.backends.folder_walker import folder_order as folder_order  # re-exported
+from portfolio_sync.config import SUPABASE_DB_SCHEME
 from portfolio_sync.errors import ConfigError, StorageError
 from portfolio_sync.models import ObjectInfo
 
@@ -34,6 +35,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from portfolio_sync.config import Settings
 
 Group = tuple[str, list[ObjectInfo]]
@@ -78,6 +81,20 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotListing(Protocol):
+    """A storage whose listing is a query of a database (`supabase_db`): when that is the
+    catalog's database, a per-key sync reads the row and the folder in one transaction."""
+
+    def shares(self, engine: sa.Engine) -> bool:
+        """Whether listings can run in transactions of `engine` (the catalog's)."""
+        ...
+
+    def list_prefix_in(self, conn: sa.Connection, prefix: str) -> list[ObjectInfo]:
+        """`list_prefix`, in the transaction `conn` has open."""
+        ...
 
 
 class LocalStorage:
@@ -163,8 +180,8 @@ def _object(path: str, size: int, mtime: float) -> ObjectInfo:
     return obj
 
 
-def _objects(paths: list[str], sizes: list[int], mtimes: list[float]) -> list[ObjectInfo]:
-    """`_object` for whole lists, with the loops in C."""
+def make_objects(paths: list[str], sizes: list[int], mtimes: list[float]) -> list[ObjectInfo]:
+    """ObjectInfo for each (path, size, mtime) of three lists, with the loops in C."""
     objects: list[ObjectInfo] = list(map(_new_object, repeat(ObjectInfo, len(paths))))
     for setter, values in ((_set_path, paths), (_set_size, sizes), (_set_mtime, mtimes)):
         deque(map(setter, objects, values), maxlen=0)
@@ -180,7 +197,7 @@ def _list(directory: str, rel: str) -> list[ObjectInfo]:
         walk(directory, rel, paths, sizes, mtimes)
     except WalkError as exc:
         raise StorageError(str(exc)) from exc
-    return _objects(paths, sizes, mtimes)
+    return make_objects(paths, sizes, mtimes)
 
 
 # From this many folders on, `iter_folders` lists them in a helper process (see
@@ -268,7 +285,7 @@ def _walk_in_helper(top: str, prefix: str) -> Iterator[Group]:
             if kind == b"E":
                 raise StorageError(payload)
             for name, paths, sizes, mtimes in payload:
-                yield name, _objects(paths, sizes, mtimes)
+                yield name, make_objects(paths, sizes, mtimes)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -392,10 +409,22 @@ class S3Storage:
         pass
 
 
-def open_storage(settings: Settings) -> Storage:
-    """Pick the backend from the storage URL (a path, file://…, or s3://bucket[/prefix])."""
+def open_storage(settings: Settings, *, database: sa.Engine | None = None) -> Storage:
+    """Pick the backend from the storage URL (a path, file://…, s3://bucket[/prefix] or
+    supabase-db://bucket[/prefix]). `database` is the catalog's engine: `supabase-db`
+    reads `storage.objects` through it unless `storage_database_url` names another one.
+    """
     url = settings.storage_url
     parts = urlsplit(url)
+    if parts.scheme == SUPABASE_DB_SCHEME:
+        from portfolio_sync.backends.supabase_db import open_supabase_db
+
+        return open_supabase_db(
+            unquote(parts.netloc),
+            unquote(parts.path),
+            engine=database,
+            database_url=settings.storage_database_url,
+        )
     if parts.scheme == "s3":
         return S3Storage(
             parts.netloc,
