@@ -7,7 +7,8 @@ outbox drainer (SQLite row triggers). The HTTP layer (`server.py`) only calls `r
 
 Events are hints: a sync requested by an event re-reads both sides. When storage lags its
 events (the listing does not yet show a created object, or still shows a deleted one), the
-key is retried with backoff for a bounded time (`Expectations`).
+key is retried with backoff for a bounded time (`Expectations`); not with a storage read
+from `storage.objects`, which cannot lag the transaction that fired the event.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 from cronsim import CronSim
 
 from portfolio_sync.backends import outbox, schema
-from portfolio_sync.backends.storage import LocalStorage
+from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
 from portfolio_sync.errors import PortfolioSyncError
 from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
@@ -107,6 +108,10 @@ class Runtime:
         self.layout = service.layout
         self.metrics = Metrics()
         self.expectations = Expectations()
+        # A listing that is a query of storage.objects shows a change as soon as the
+        # event's transaction commits: an unmet expectation there means a later change
+        # superseded the event (uploaded, then deleted), not a lagging listing.
+        self.storage_lags = not isinstance(service.storage, SnapshotListing)
         self.queue: LocalQueue | ProcrastinateQueue
         if self.settings.is_postgres:  # jobs in the database; its periodic task is the cron
             from portfolio_sync.queue.procrastinate import ProcrastinateQueue
@@ -116,7 +121,7 @@ class Runtime:
                 self.settings,
                 options=queue_options,
                 on_failure=self._on_failure,
-                on_expect=self.expectations.add,
+                on_expect=self.expectations.add if self.storage_lags else None,
                 on_row_deleted=self.row_deleted,
             )
         else:
@@ -187,7 +192,7 @@ class Runtime:
         self, key: str, trigger: str, *, expect: Mapping[str, bool] | None = None
     ) -> bool:
         """Ask for a sync of `key`; `expect` says which paths the event saw appear/vanish."""
-        if expect:
+        if expect and self.storage_lags:
             self.expectations.add(key, expect)
         if isinstance(self.queue, LocalQueue):
             return await self.queue.request(key, trigger)

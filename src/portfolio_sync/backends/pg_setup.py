@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
-from portfolio_sync.config import Settings
+from portfolio_sync.config import BUCKET_SCHEMES, SUPABASE_DB_SCHEME, Settings
 from portfolio_sync.errors import CatalogError
 from portfolio_sync.layout import Layout
 from portfolio_sync.queue import jobs as pq
@@ -65,12 +65,23 @@ class Plan:
 
 
 def storage_root(settings: Settings) -> str:
-    """What object names in the bucket start with before the layout (``s3://b/prefix``)."""
+    """What object names in the bucket start with before the layout (``s3://b/prefix``,
+    ``supabase-db://b/prefix``)."""
     parts = urlsplit(settings.storage_url)
-    if parts.scheme != "s3":
+    if parts.scheme not in BUCKET_SCHEMES:
         return ""
     prefix = unquote(parts.path).strip("/")
     return f"{prefix}/" if prefix else ""
+
+
+def storage_bucket(settings: Settings) -> str | None:
+    """The bucket a ``supabase-db://`` storage reads in the catalog's own database: its
+    ``storage.objects`` rows are the uploads to sync on (``setup`` installs that trigger
+    without ``--storage-objects``). None for other storage or another database."""
+    parts = urlsplit(settings.storage_url)
+    if parts.scheme != SUPABASE_DB_SCHEME or settings.storage_database_url is not None:
+        return None
+    return unquote(parts.netloc)
 
 
 def plan(catalog: Catalog, settings: Settings, *, install_schema: str, bucket: str | None) -> Plan:

@@ -26,11 +26,10 @@ deleted images. Both are checked when the storage is opened and named in the err
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import compress, count
+from contextlib import contextmanager
+from itertools import compress, count, pairwise
 from operator import itemgetter, methodcaller, ne
 from typing import Any
 
@@ -40,8 +39,6 @@ import sqlalchemy as sa
 from portfolio_sync.backends.storage import Group, ObjectNotFound, make_objects
 from portfolio_sync.errors import StorageError
 from portfolio_sync.models import ObjectInfo
-
-logger = logging.getLogger(__name__)
 
 TABLE = "storage.objects"
 _FETCH = 20_000  # rows per round trip of the full scan's cursor
@@ -276,7 +273,7 @@ def _group(
             batch_mtimes = list(compress(batch_mtimes, keep))
         folders = list(map(itemgetter(0), heads))
         edges = [0, *compress(count(1), map(ne, folders[1:], folders)), len(folders)]
-        for lo, hi in zip(edges, edges[1:], strict=False):
+        for lo, hi in pairwise(edges):
             if lo == hi:
                 continue
             folder = folders[lo]

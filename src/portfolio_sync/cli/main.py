@@ -62,7 +62,11 @@ def _main(
         str | None, _opt("database-url", "sqlite:///file.db or postgresql://user:pass@host/db.")
     ] = None,
     storage_url: Annotated[
-        str | None, _opt("storage-url", "A folder path, file://… or s3://bucket\\[/prefix].")
+        str | None,
+        _opt(
+            "storage-url",
+            "A folder path, file://…, s3://bucket\\[/prefix] or supabase-db://bucket\\[/prefix].",
+        ),
     ] = None,
     s3_endpoint: Annotated[
         str | None, _opt("s3-endpoint", "S3-compatible endpoint URL (MinIO, Supabase, R2).")
@@ -223,7 +227,8 @@ def setup(
         typer.Option(
             "--storage-objects",
             metavar="BUCKET",
-            help="PostgreSQL (Supabase): also sync on uploads to BUCKET (storage.objects trigger).",
+            help="PostgreSQL (Supabase): also sync on uploads to BUCKET (storage.objects "
+            "trigger); the default with a supabase-db://BUCKET storage URL.",
         ),
     ] = None,
 ) -> None:
@@ -266,6 +271,7 @@ def setup(
 def _setup_postgres(svc: Service, *, print_sql: bool, uninstall: bool, bucket: str | None) -> None:
     from portfolio_sync.backends import pg_setup
 
+    bucket = bucket or pg_setup.storage_bucket(svc.settings)
     if print_sql:
         sql = pg_setup.print_sql(svc.catalog, svc.settings, bucket=bucket, remove=uninstall)
         typer.echo(sql, nl=False)
