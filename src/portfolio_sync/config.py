@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///portfolio-sync.db"
     storage_url: str = "storage"
-    storage_database_url: str | None = None
+    storage_database_url: str | None = Field(None, validate_default=True)
     s3_endpoint: str | None = None
     aws_access_key_id: str | None = Field(
         None, validation_alias=AliasChoices("aws_access_key_id", "AWS_ACCESS_KEY_ID")
@@ -189,27 +189,25 @@ class Settings(BaseSettings):
 
     @field_validator("storage_database_url")
     @classmethod
-    def _storage_database_url(cls, value: str | None) -> str | None:
-        if not value:  # an empty variable means "not set": the database_url's database
-            return None
-        url = normalize_database_url(value)
-        if not url.startswith("postgresql"):
-            raise ValueError("storage database URL must be a postgresql:// URL")
-        return url
-
-    @model_validator(mode="after")
-    def _storage_database(self) -> Settings:
-        if urlsplit(self.storage_url).scheme == SUPABASE_DB_SCHEME:
-            if self.storage_database_url is None and not self.is_postgres:
-                raise ValueError(
-                    f"storage URL {self.storage_url!r} reads storage.objects, which needs a "
-                    "PostgreSQL database_url or a storage_database_url"
-                )
-        elif self.storage_database_url is not None:
+    def _storage_database_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Only for `supabase-db://`, which needs it unless database_url is PostgreSQL
+        (validated after both, which come first)."""
+        url = normalize_database_url(value) if value else None  # empty: not set
+        if url is not None and not url.startswith("postgresql"):
+            raise ValueError("must be a postgresql:// URL")
+        storage_url = info.data.get("storage_url")
+        database_url = info.data.get("database_url")
+        if storage_url is None or database_url is None:  # already reported as invalid
+            return url
+        if urlsplit(storage_url).scheme != SUPABASE_DB_SCHEME:
+            if url is not None:
+                raise ValueError("is only used with a supabase-db://bucket storage URL")
+        elif url is None and not database_url.startswith("postgresql"):
             raise ValueError(
-                "storage_database_url is only used with a supabase-db://bucket storage URL"
+                f"storage URL {storage_url!r} reads storage.objects: it needs a PostgreSQL "
+                "database_url, or this setting naming the database that holds the bucket"
             )
-        return self
+        return url
 
     @field_validator("s3_endpoint")
     @classmethod

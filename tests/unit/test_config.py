@@ -366,6 +366,16 @@ def test_storage_urls_accepted(url: str) -> None:
     assert load_settings(storage_url=url).storage_url == url
 
 
+@pytest.mark.parametrize("url", ["supabase-db://photos", "supabase-db://my%20photos/a/b"])
+def test_supabase_db_storage_on_postgresql(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(storage_url=url, database_url="postgresql://u@h/db")
+    assert settings.storage_url == url and settings.storage_database_url is None
+    monkeypatch.setenv("PORTFOLIO_SYNC_STORAGE_URL", url)
+    monkeypatch.setenv("PORTFOLIO_SYNC_STORAGE_DATABASE_URL", "postgres://u:p@other:5432/db")
+    elsewhere = load_settings()  # the database_url stays SQLite: the bucket is elsewhere
+    assert elsewhere.storage_database_url == "postgresql+psycopg://u:p@other:5432/db"
+
+
 # ---- validation errors: each names the setting ---------------------------------------
 
 
@@ -379,6 +389,18 @@ def test_storage_urls_accepted(url: str) -> None:
         ({"storage_url": "s3://"}, "storage_url", "has no bucket"),
         ({"storage_url": "s3:///prefix"}, "storage_url", "has no bucket"),
         ({"storage_url": "  "}, "storage_url", "empty"),
+        ({"storage_url": "supabase-db:///x"}, "storage_url", "has no bucket"),
+        ({"storage_url": "supabase-db://b"}, "storage_database_url", "needs a PostgreSQL"),
+        (
+            {"storage_url": "s3://b", "storage_database_url": "postgresql://h/d"},
+            "storage_database_url",
+            "only used with a supabase-db://bucket",
+        ),
+        (
+            {"storage_url": "supabase-db://b", "storage_database_url": "sqlite:///x.db"},
+            "storage_database_url",
+            "must be a postgresql:// URL",
+        ),
         ({"s3_endpoint": "minio:9000"}, "s3_endpoint", "http:// or https://"),
         ({"order": "random"}, "order", "'name', 'uploaded' or 'preserve'"),
         ({"folder": "images/"}, "folder", "must contain {key} exactly once"),
