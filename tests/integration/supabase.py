@@ -35,6 +35,22 @@ CREATE INDEX IF NOT EXISTS idx_objects_bucket_id_name
     ON storage.objects (bucket_id, (name COLLATE "C"));
 """
 
+#: Object versioning (tenant migrations 0062, 0064-0066): several rows per name, the
+#: current one with `archived_at` NULL, deletions as delete markers; the unique name
+#: index gives way to one per (name, version) and one per current name.
+VERSIONED_DDL = """
+ALTER TABLE storage.objects
+    ADD COLUMN IF NOT EXISTS version text,
+    ADD COLUMN IF NOT EXISTS archived_at timestamptz,
+    ADD COLUMN IF NOT EXISTS is_delete_marker boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS is_versioned boolean NOT NULL DEFAULT false;
+DROP INDEX IF EXISTS storage.bucketid_objname;
+CREATE UNIQUE INDEX IF NOT EXISTS objects_bucket_id_name_version_key
+    ON storage.objects (bucket_id, name COLLATE "C", version) NULLS NOT DISTINCT;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_objects_current_version
+    ON storage.objects (bucket_id, name) WHERE archived_at IS NULL;
+"""
+
 _RLS_ENABLED = "SELECT relrowsecurity FROM pg_class WHERE oid = 'storage.objects'::regclass"
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -31,7 +32,7 @@ from portfolio_sync.runtime import Runtime
 from portfolio_sync.testing import MemoryStorage
 from tests.conftest import make_world
 from tests.integration import polling
-from tests.integration.supabase import object_metadata
+from tests.integration.supabase import OBJECTS_DDL, VERSIONED_DDL, object_metadata
 from tests.integration.world import World
 
 eventually = functools.partial(polling.eventually, timeout=20.0, interval=0.05)
@@ -234,29 +235,63 @@ def test_per_key_sync_reads_row_and_folder_in_one_snapshot(
     assert sw.images(3) == ["3/a.jpg", "3/meanwhile.jpg"]
 
 
-def test_another_database_is_listed_without_the_shared_snapshot(sw: World, tmp_path: Path) -> None:
-    """`storage_database_url`: the bucket in another database (here the same server, a
-    SQLite portfolio table): its own engine, closed with the service."""
-    sqlite = World(
-        kind="sqlite-folder", database_url=f"sqlite:///{tmp_path / 'app.db'}", root=tmp_path
-    )
-    sqlite.create_table()
-    sqlite.insert(4, None)
-    put(sw, "4/a.jpg")
-    elsewhere = {
-        "storage_url": f"supabase-db://{sw.bucket}",
-        "storage_database_url": sw.database_url,
-    }
+@pytest.fixture
+def versioned_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of this test's own holding a versioned `storage.objects` (Supabase
+    Storage with object versioning), dropped afterwards."""
+    name = f"ps_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    parts = urlsplit(postgres_server_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
     try:
-        with sqlite.service(**elsewhere) as svc:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(OBJECTS_DDL)
+            conn.execute(VERSIONED_DDL)
+        yield url
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_a_versioned_bucket_in_another_database(tmp_path: Path, versioned_database: str) -> None:
+    """`storage_database_url`: the bucket's database is not the table's (here a SQLite
+    table), so the storage has an engine of its own. Only current versions are objects:
+    archived versions and delete markers are not."""
+    rows = [
+        ("1/a.jpg", "v2", None, False),
+        ("1/a.jpg", "v1", "2024-01-01T00:00:00Z", False),
+        ("1/gone.jpg", "v2", None, True),
+        ("1/gone.jpg", "v1", "2024-01-01T00:00:00Z", False),
+        ("1/b.jpg", None, None, False),
+    ]
+    with psycopg.connect(versioned_database, autocommit=True) as conn:
+        for name, version, archived, marker in rows:
+            conn.execute(
+                "INSERT INTO storage.objects (bucket_id, name, version, archived_at, "
+                "is_delete_marker, is_versioned, metadata) VALUES ('photos', %s, %s, %s, %s, "
+                "%s, %s)",
+                (name, version, archived, marker, version is not None, object_metadata(10)),
+            )
+    table = World(
+        kind="sqlite-folder", database_url=f"sqlite:///{tmp_path / 'a.db'}", root=tmp_path
+    )
+    table.create_table()
+    table.insert(1, ["1/gone.jpg"])
+    elsewhere = {"storage_url": "supabase-db://photos", "storage_database_url": versioned_database}
+    try:
+        with table.service(**elsewhere) as svc:
             assert isinstance(svc.storage, SupabaseDbStorage)
             assert not svc.storage.shares(svc.catalog.engine)
-            assert svc.reconciler.sync_one("4", "test").added == ("4/a.jpg",)
-        assert sqlite.images(4) == ["4/a.jpg"]
+            assert paths(svc.storage.list_prefix("1/")) == ["1/a.jpg", "1/b.jpg"]
+            result = svc.reconciler.sync_one("1", "test")
+            assert svc.reconciler.sync_all("test").unchanged == 1
+        assert (result.added, result.removed) == (("1/a.jpg", "1/b.jpg"), ("1/gone.jpg",))
+        assert table.images(1) == ["1/a.jpg", "1/b.jpg"]
         with pytest.raises(ConfigError, match="needs a PostgreSQL"):
-            sqlite.settings(storage_url=f"supabase-db://{sw.bucket}")
+            table.settings(storage_url="supabase-db://photos")
     finally:
-        sqlite.close()
+        table.close()
 
 
 # ---- privileges ----------------------------------------------------------------------------
