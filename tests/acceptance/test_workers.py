@@ -32,7 +32,7 @@ import pytest
 from portfolio_sync.layout import natural_key
 from portfolio_sync.queue.jobs import PASS_TASK, QUEUE, SYNC_TASK
 from tests.acceptance.command import SCRIPT, run
-from tests.integration.supabase import ensure_storage_objects, forget_bucket
+from tests.integration.supabase import ensure_storage_objects, forget_bucket, object_metadata
 from tests.integration.world import JPEG, World
 
 PORTFOLIOS = 200
@@ -322,6 +322,84 @@ def job_runs(events: list[tuple[int, str, str, datetime]]) -> list[tuple[str, da
     never = datetime.max.replace(tzinfo=UTC)
     runs += [(lock, start, never) for lock, start in open_.values()]
     return runs
+
+
+@pytest.fixture
+def db_workers(tmp_path: Path, pg_url: str, postgres_server_url: str) -> Iterator[Workers]:
+    """Workers on `supabase-db://<bucket>` storage: the table `portfolios` with keys 1-20,
+    a bucket of this test's own in the shared `storage.objects` (removed afterwards)."""
+    ensure_storage_objects(postgres_server_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        bucket = f"w-{conn.execute('SELECT current_schema()').fetchone()[0]}"  # type: ignore[index]
+        world = World(kind="postgres-supabase-db", database_url=pg_url, bucket=bucket)
+        world.create_table()
+        conn.execute(
+            "INSERT INTO portfolios (id, title, images) SELECT g, 't', '{}' "
+            "FROM generate_series(1, 20) g"
+        )
+        env = world.env(PORTFOLIO_SYNC_SCHEDULE="0 0 1 1 *", PORTFOLIO_SYNC_DEBOUNCE="0.05")
+        env["TEST_BUCKET"] = bucket
+        group = Workers(env, tmp_path, conn)
+        try:
+            yield group
+        finally:
+            for proc in group.procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+            world.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_syncs_uploads_from_storage_objects_with_the_supabase_db_backend(
+    db_workers: Workers,
+) -> None:
+    """Supabase without S3 keys: `supabase-db://BUCKET` storage, `setup` (the bucket's
+    trigger is installed without --storage-objects), one `worker`. Uploads, a move and a
+    deletion are `storage.objects` rows changed in transactions, as Supabase Storage
+    writes them; the rows follow, each job in one attempt (no lag re-check)."""
+    conn, env, bucket = db_workers.conn, db_workers.env, db_workers.env["TEST_BUCKET"]
+    setup = run("setup", env=env)
+    assert setup.returncode == 0, setup.stderr
+    assert f"storage.objects for bucket {bucket!r}" in setup.stdout
+    db_workers.start()
+    expected: dict[int, list[str]] = {key: [] for key in range(1, 21)}
+    with conn.transaction():  # one upload of several files
+        for key in (1, 2, 3):
+            for name in ("b 2.jpg", "a+1.jpg", "it's.png"):
+                world_put(conn, bucket, f"{key}/{name}")
+                expected[key].append(f"{key}/{name}")
+    world_put(conn, bucket, "4/cover.jpg")
+    conn.execute(
+        "UPDATE storage.objects SET name = '5/moved.jpg' WHERE bucket_id = %s "
+        "AND name = '4/cover.jpg'",
+        (bucket,),
+    )
+    expected[5] = ["5/moved.jpg"]
+    conn.execute(
+        "DELETE FROM storage.objects WHERE bucket_id = %s AND name = '3/b 2.jpg'", (bucket,)
+    )
+    expected[3].remove("3/b 2.jpg")
+    want = {key: sorted(paths, key=natural_key) for key, paths in expected.items()}
+
+    def synced() -> bool:
+        return dict(conn.execute("SELECT id, images FROM portfolios").fetchall()) == want
+
+    wait_for(synced, 60, "rows equal to storage.objects", db_workers)
+    retried = conn.execute(
+        "SELECT count(*) FROM procrastinate_events e JOIN procrastinate_jobs j "
+        "ON j.id = e.job_id WHERE j.task_name = %s AND e.type = 'deferred_for_retry'",
+        (SYNC_TASK,),
+    ).fetchone()
+    assert retried == (0,), db_workers.output()
+    assert db_workers.stop() == [0]
+
+
+def world_put(conn: psycopg.Connection[Any], bucket: str, name: str) -> None:
+    conn.execute(
+        "INSERT INTO storage.objects (bucket_id, name, metadata) VALUES (%s, %s, %s)",
+        (bucket, name, object_metadata(64)),
+    )
 
 
 def test_worker_needs_postgresql(tmp_path: Path) -> None:
