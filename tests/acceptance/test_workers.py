@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -156,16 +157,24 @@ def workers(tmp_path: Path, pg_url: str, postgres_server_url: str) -> Iterator[W
             PORTFOLIO_SYNC_WORKERS="4",
         )
         env["TEST_BUCKET"] = bucket
-        group = Workers(env, tmp_path, conn)
         try:
-            yield group
+            with running(Workers(env, tmp_path, conn), world) as group:
+                yield group
         finally:
-            for proc in group.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(10)
-            world.close()
             forget_bucket(postgres_server_url, bucket)
+
+
+@contextmanager
+def running(group: Workers, world: World) -> Iterator[Workers]:
+    """`group`, its workers killed (if still running) and `world` closed on exit."""
+    try:
+        yield group
+    finally:
+        for proc in group.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        world.close()
 
 
 def listing(root: Path, key: int) -> list[str]:
@@ -339,15 +348,8 @@ def db_workers(tmp_path: Path, pg_url: str, postgres_server_url: str) -> Iterato
         )
         env = world.env(PORTFOLIO_SYNC_SCHEDULE="0 0 1 1 *", PORTFOLIO_SYNC_DEBOUNCE="0.05")
         env["TEST_BUCKET"] = bucket
-        group = Workers(env, tmp_path, conn)
-        try:
+        with running(Workers(env, tmp_path, conn), world) as group:
             yield group
-        finally:
-            for proc in group.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(10)
-            world.close()
 
 
 @pytest.mark.timeout(120)
