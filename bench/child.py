@@ -9,7 +9,11 @@ Tasks (`kind`):
 - `ours`: `Reconciler.sync_all` of the product, built by `open_service` as the CLI does.
 - `floor`: one recursive `os.scandir` + `stat` listing of the tree (name, size, mtime)
   plus one `SELECT id, images` through the product's SQLAlchemy engine; for S3, one
-  paginated obstore listing of the bucket plus the same SELECT.
+  paginated obstore listing of the bucket plus the same SELECT; for `supabase-db://`, one
+  ordered `SELECT name` of the bucket's `storage.objects` rows (psycopg, fetchall) plus
+  the same SELECT.
+- `per_key`: `sync_one` latency (a no-op, after an upload, after a deletion) on given keys
+  of a `supabase-db://` bucket, uploads being `storage.objects` rows.
 - `seed`: the seed's cron: read the table, then for each portfolio list its folder (one
   storage request each, with the product's storage backend) and UPDATE its row when the
   rendered listing differs (one UPDATE statement per differing row, each committed on its
@@ -37,7 +41,13 @@ def _settings(task: dict[str, Any]) -> Any:
         "database_url": task["database_url"],
         "storage_url": task["storage_url"],
     }
-    for name in ("s3_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region"):
+    for name in (
+        "s3_endpoint",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_region",
+        "storage_database_url",
+    ):
         if task.get(name):
             overrides[name] = task[name]
     return load_settings(None, **overrides)
@@ -110,6 +120,17 @@ def floor(task: dict[str, Any]) -> dict[str, Any]:
             for chunk in obstore.list(store, chunk_size=1000)
             for m in chunk
         ]
+    elif task["storage_url"].startswith("supabase-db://"):
+        bucket = task["storage_url"].removeprefix("supabase-db://")
+        raw = engine.raw_connection()
+        started, cpu = time.perf_counter(), time.process_time()
+        cursor = raw.cursor()
+        cursor.execute(
+            'SELECT name FROM storage.objects WHERE bucket_id = %s ORDER BY name COLLATE "C"',
+            (bucket,),
+        )
+        objects = cursor.fetchall()
+        raw.close()
     else:
         started, cpu = time.perf_counter(), time.process_time()
         files: list[tuple[str, int, float]] = []
@@ -168,6 +189,37 @@ def seed(task: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "cpu": cpu, "rows": len(rows), "updates": updates}
 
 
+def per_key(task: dict[str, Any]) -> dict[str, Any]:
+    """`sync_one` latency on `task["keys"]` (portfolio keys, rows in sync): each key once
+    as a no-op, then once after one new object row (an upload), then once after its
+    deletion. The clock covers `sync_one` only."""
+    import sqlalchemy as sa
+
+    from portfolio_sync.wiring import open_service
+
+    bucket = task["storage_url"].removeprefix("supabase-db://")
+    ms: dict[str, list[float]] = {"noop": [], "upload": [], "delete": []}
+    with open_service(_settings(task)) as svc:
+        sync, engine = svc.reconciler.sync_one, svc.catalog.engine
+        put = sa.text(
+            "INSERT INTO storage.objects (bucket_id, name, metadata) "
+            "VALUES (:b, :n, '{\"size\": 64}')"
+        )
+        drop = sa.text("DELETE FROM storage.objects WHERE bucket_id = :b AND name = :n")
+        for key in task["keys"]:
+            for kind, change in (("noop", None), ("upload", put), ("delete", drop)):
+                if change is not None:
+                    with engine.begin() as conn:
+                        conn.execute(change, {"b": bucket, "n": f"{key}/zz upload.jpg"})
+                started = time.perf_counter()
+                result = sync(str(key), "bench")
+                ms[kind].append((time.perf_counter() - started) * 1000)
+                want = "unchanged" if change is None else "changed"
+                if result.status != want:
+                    raise RuntimeError(f"sync of {key} ({kind}): {result.status}, {result.error}")
+    return {"seconds": sum(map(sum, ms.values())) / 1000, "ms": ms}
+
+
 def peak_rss_kb() -> int:
     """This process's peak RSS. VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the
     high-water mark of the image before exec, i.e. of the bench runner that started us."""
@@ -185,7 +237,7 @@ def main() -> None:
     for path in reversed(task.get("pythonpath", [])):
         sys.path.insert(0, path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {"ours": ours, "floor": floor, "seed": seed}[task["kind"]](task)
+    result = {"ours": ours, "floor": floor, "seed": seed, "per_key": per_key}[task["kind"]](task)
     result["maxrss_kb"] = peak_rss_kb()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU of helper processes (the product's folder listing helper), to report total CPU

@@ -30,6 +30,7 @@ class Sizes:
     workers_portfolios: int = 1_000
     workers_syncs: int = 500
     workers_seconds: float = 6.0
+    supabase: int = 10_000  # portfolios of the supabase-db (storage.objects) full pass
 
 
 SCALES = {
@@ -55,6 +56,7 @@ SCALES = {
         initial=10_000,
         workers_syncs=1_000,
         workers_seconds=20.0,
+        supabase=100_000,
     ),
     # A quick pass over every scenario, to check the suite itself (not for results).
     "smoke": Sizes(
@@ -70,6 +72,7 @@ SCALES = {
         workers_portfolios=100,
         workers_syncs=100,
         workers_seconds=2.0,
+        supabase=500,
     ),
 }
 

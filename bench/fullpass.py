@@ -31,7 +31,7 @@ def rclone_job(ctx: Context, table: Table) -> Job:
     return lambda: run_command(argv)
 
 
-def _mb(series: Series) -> Stat:
+def peak_mb(series: Series) -> Stat:
     return Stat.of([kb / 1024 for kb in series.values("maxrss_kb")])
 
 
@@ -94,7 +94,7 @@ def noop(ctx: Context, dataset: Dataset, *, size: str, large: bool = False) -> d
                 note="total work, whatever the cores",
             )
         )
-        rss = _mb(series["ours"])
+        rss = peak_mb(series["ours"])
         ctx.add(Row(scenario, f"{setup} + folder", "peak RSS (ours)", rss, "MB"))
         ctx.raw.setdefault("rss_mb", {}).setdefault(setup, {})[dataset.tree.spec.portfolios] = rss
         for name in series:

@@ -26,11 +26,12 @@ import fullpass  # noqa: E402
 import live  # noqa: E402
 import report  # noqa: E402
 import s3bench  # noqa: E402
+import supabasedb  # noqa: E402
 import workers  # noqa: E402
 from context import SCALES, Context, size_label  # noqa: E402
 from data import Spec  # noqa: E402
 
-SCENARIOS = ("noop", "drift", "initial", "scaling", "large", "s3", "live", "workers")
+SCENARIOS = ("noop", "drift", "initial", "scaling", "large", "s3", "supabase", "live", "workers")
 BENCH_DB_ENV = "PORTFOLIO_SYNC_BENCH_DATABASE_URL"
 
 
@@ -153,6 +154,9 @@ def main() -> int:
         if "s3" in only:
             print("== S3", flush=True)
             s3bench.s3(ctx)
+        if "supabase" in only:
+            print("== supabase-db storage (storage.objects)", flush=True)
+            supabasedb.supabase_db(ctx)
         if "live" in only:
             print("== events and burst", flush=True)
             dataset = ctx.dataset(
