@@ -47,8 +47,8 @@ _SIZE = (
     "CASE jsonb_typeof(metadata -> 'size') WHEN 'number' THEN (metadata -> 'size')::bigint "
     "ELSE 0 END"
 )
-_partition_slash = methodcaller("partition", "/")
 _MTIME = "COALESCE(date_part('epoch', created_at), 0)"
+_partition_slash = methodcaller("partition", "/")
 
 
 def name_range(prefix: str) -> tuple[str, str | None]:
@@ -105,10 +105,10 @@ class SupabaseDbStorage:
                 for ok, text in ((usage, "USAGE on schema storage"), (select, f"SELECT on {TABLE}"))
                 if not ok
             ]
+            grants = "; ".join(f"GRANT {what} TO {role}" for what in missing)
             raise StorageError(
-                f"{self.description}: role {role!r} lacks {' and '.join(missing)}; "
-                f"grant it (GRANT {' ; GRANT '.join(missing)} TO {role}) or connect as "
-                "Supabase's postgres role"
+                f"{self.description}: role {role!r} lacks {' and '.join(missing)} ({grants}), "
+                "or connect as Supabase's postgres role"
             )
         if filtered:
             raise StorageError(
