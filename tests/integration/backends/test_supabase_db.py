@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from portfolio_sync.backends import supabase_db
+from portfolio_sync.backends import pg_setup, supabase_db
 from portfolio_sync.backends.supabase_db import SupabaseDbStorage, name_range
 from portfolio_sync.errors import ConfigError, StorageError
 from portfolio_sync.queue.jobs import SYNC_TASK
@@ -363,6 +363,26 @@ def _open(world: World, url: str) -> None:
     """Start the service as `url`'s role (as every command does)."""
     with world.service(database_url=url):
         pass
+
+
+def test_setup_installs_the_trigger_of_the_urls_bucket_under_its_prefix(sw: World) -> None:
+    """`setup` with `supabase-db://bucket/photos`: the bucket's storage.objects trigger is
+    installed without --storage-objects, keys are taken after the URL's prefix, and the
+    paths a job expects are relative to it, as the listing's are."""
+    with sw.service(storage_url=f"supabase-db://{sw.bucket}/photos") as svc:
+        messages = pg_setup.install(
+            svc.catalog, svc.settings, bucket=pg_setup.storage_bucket(svc.settings)
+        )
+    assert any(
+        f"storage.objects for bucket {sw.bucket!r} (names under 'photos/')" in m for m in messages
+    )
+    put(sw, "photos/7/a.jpg")
+    put(sw, "7/not-under-the-prefix.jpg")
+    with psycopg.connect(sw.database_url) as conn:
+        jobs = conn.execute(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = %s", (SYNC_TASK,)
+        ).fetchall()
+    assert [(a["key"], a["expect"]) for (a,) in jobs] == [("7", {"7/a.jpg": True})]
 
 
 # ---- events ----------------------------------------------------------------------------------
