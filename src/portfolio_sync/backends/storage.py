@@ -1,6 +1,7 @@
-"""Listing storage: one `Storage` interface, a local-folder and an S3-compatible backend.
+"""Listing storage: one `Storage` interface, a local-folder and an S3-compatible backend
+here, and Supabase Storage read from its `storage.objects` table in `supabase_db`.
 
-Both backends return paths relative to the storage root, `/`-separated and byte-exact
+Every backend returns paths relative to the storage root, `/`-separated and byte-exact
 (no Unicode normalisation: NFC and NFD names are different objects). A listing either
 completes or raises `StorageError`; an error is never reported as an empty folder.
 
