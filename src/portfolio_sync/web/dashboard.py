@@ -14,9 +14,9 @@ import json
 import mimetypes
 from collections.abc import AsyncIterator
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -81,6 +81,7 @@ def page(
         session = fresh = auth.new(logged_in=False)
     done = request.query_params.get("done", "")
     context = {
+        "version": runtime_of(request).feed.version,  # handlers pass the one before reads
         "csrf": auth.csrf(session),
         "may_act": auth.may_act(request, session),
         "needs_login": auth.needs_login,
@@ -89,7 +90,9 @@ def page(
         **context,
     }
     response = render(request, template, context, status=status)
-    if fresh is not None:
+    # Only a page view starts a session: the answer to a refused (maybe cross-site) POST
+    # must not replace the cookie of a session the browser did not send.
+    if fresh is not None and request.method == "GET":
         auth.attach(response, request, fresh)
     return response
 
@@ -106,6 +109,7 @@ async def overview(
 ) -> Response:
     """Facts, panels and a keyset page of portfolios (natural key order, search, filters)."""
     runtime = runtime_of(request)
+    version = runtime.feed.version  # before the reads: a sync after them is then sent
     limit = min(max(limit, 1), PAGE_MAX)
     q = (q or "").strip()[:200] or None
     try:
@@ -122,6 +126,7 @@ async def overview(
         return page(request, "down.html", {"error": str(exc)}, status=503)
     base = request.scope.get("root_path", "").rstrip("/")
     context = {
+        "version": version,
         "runtime": runtime,
         "facts": facts,
         "rows": [views.row(r, runtime.layout, base) for r in found.rows],
@@ -140,6 +145,7 @@ async def overview(
 async def portfolio(request: Request, key: str, at: int = 0, fragment: bool = False) -> Response:
     """One portfolio: the row beside its folder per collection, state and history."""
     runtime = runtime_of(request)
+    version = runtime.feed.version
     if key_problem(runtime.layout, key):
         raise HTTPException(404, f"no portfolio {key[:100]!r}")
     try:
@@ -169,6 +175,7 @@ async def portfolio(request: Request, key: str, at: int = 0, fragment: bool = Fa
             }
         )
     context = {
+        "version": version,
         "key": key,
         "found": found,
         "badge": views.badge(found, layout),
@@ -182,13 +189,23 @@ async def portfolio(request: Request, key: str, at: int = 0, fragment: bool = Fa
 
 
 @router.get("/events")
-async def events(request: Request) -> StreamingResponse:
+async def events(
+    request: Request,
+    since: int | None = None,
+    last_event_id: Annotated[int | None, Header()] = None,
+) -> StreamingResponse:
     """Server-sent events: `sync` with the keys this process just synced (`all` when a
-    full pass ran or the reader fell behind), and `tick` every `TICK_SECONDS`."""
+    full pass ran or the reader fell behind), and `tick` every `TICK_SECONDS`.
+
+    `since` is the feed's version the page was read at: syncs that finished between the
+    render and this request are sent at once, not lost. Each event's id is the version
+    after it, so a reconnecting browser (`Last-Event-ID`) continues where it was.
+    """
     feed = runtime_of(request).feed
+    since = last_event_id if last_event_id is not None else since
 
     async def stream() -> AsyncIterator[str]:
-        version = feed.version
+        version = feed.version if since is None or since > feed.version else since
         yield "retry: 2000\n\n"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STREAM_SECONDS
@@ -201,7 +218,7 @@ async def events(request: Request) -> StreamingResponse:
                 continue
             every = keys is None or "*" in keys or len(keys) > 500
             data = {"all": True} if every else {"keys": keys}
-            yield f"event: sync\ndata: {json.dumps(data)}\n\n"
+            yield f"event: sync\nid: {version}\ndata: {json.dumps(data)}\n\n"
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

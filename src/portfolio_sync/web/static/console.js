@@ -1,5 +1,6 @@
 // Live console: when /events reports a sync of a key this page shows, re-fetch the page's
-// live region (its URL is data-live) and swap it in; "tick" events refresh it now and then.
+// live region (its URL is data-live) and morph it in: only nodes that changed are touched,
+// so unchanged thumbnails are not loaded again. "tick" events refresh it now and then.
 (function () {
   "use strict";
   var body = document.body;
@@ -12,6 +13,34 @@
   var key = body.dataset.key || null;
   var busy = false, again = false, timer = null;
 
+  function sameImage(a, b) {
+    return a.nodeName === "IMG" && b.nodeName === "IMG" && a.getAttribute("src") === b.getAttribute("src");
+  }
+
+  function morph(old, next) {
+    var olds = old.childNodes, nexts = next.childNodes;
+    for (var i = 0; i < nexts.length; i++) {
+      var a = olds[i], b = nexts[i];
+      if (a === undefined) { old.appendChild(b.cloneNode(true)); continue; }
+      if (a.isEqualNode(b)) { continue; }
+      if (a.nodeType === 1 && b.nodeType === 1 && a.nodeName === b.nodeName &&
+          (a.nodeName !== "IMG" || sameImage(a, b))) {
+        for (var j = a.attributes.length - 1; j >= 0; j--) {
+          if (!b.hasAttribute(a.attributes[j].name)) { a.removeAttribute(a.attributes[j].name); }
+        }
+        for (var k = 0; k < b.attributes.length; k++) {
+          if (a.getAttribute(b.attributes[k].name) !== b.attributes[k].value) {
+            a.setAttribute(b.attributes[k].name, b.attributes[k].value);
+          }
+        }
+        morph(a, b);
+      } else {
+        old.replaceChild(b.cloneNode(true), a);
+      }
+    }
+    while (olds.length > nexts.length) { old.removeChild(old.lastChild); }
+  }
+
   function refresh() {
     timer = null;
     if (busy) { again = true; return; }
@@ -19,7 +48,12 @@
     again = false;
     fetch(body.dataset.live, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null) { region.innerHTML = html; } })
+      .then(function (html) {
+        if (html === null) { return; }
+        var next = document.createElement("template");
+        next.innerHTML = html;
+        morph(region, next.content);
+      })
       .catch(function () { /* the next event retries */ })
       .then(function () { busy = false; if (again) { schedule(0); } });
   }
