@@ -133,7 +133,9 @@ def test_main_page_links_to_a_portfolio_page(server: ServeProcess, watched: Watc
     page.goto(server.url + "/")
     rows = page.locator("table.rows tbody tr[data-key]")
     assert rows.count() == 8
-    assert [rows.nth(i).get_attribute("data-key") for i in range(8)] == [str(n) for n in range(1, 9)]
+    assert [rows.nth(i).get_attribute("data-key") for i in range(8)] == [
+        str(n) for n in range(1, 9)
+    ]
     assert page.locator("#panel-orphans").inner_text().count("9") >= 1  # the demo's orphan
     for img in page.locator("table.rows img").all():
         assert img.get_attribute("loading") == "lazy"
@@ -307,4 +309,3 @@ def test_secret_login_and_refusals(locked: ServeProcess, watched: Watched) -> No
     assert page.locator("#full-pass").count() == 0
     # Chromium logs a refused page's status; these two were refused on purpose.
     watched.clean("status of 401 (Unauthorized)", "status of 403 (Forbidden)")
-

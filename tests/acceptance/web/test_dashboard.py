@@ -249,6 +249,13 @@ async def test_hostile_keys_and_names_are_escaped(tmp_path: Path) -> None:
         assert src == "/files/%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E/%3Cb%3E%221%22.jpg"
         image = await client.get(src)
         assert image.content == (storage / hostile / '<b>"1".jpg').read_bytes()
+        link = "/p/%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E"
+        assert f'href="{link}"' in body
+        detail = await client.get(link)
+        assert detail.status_code == 200
+        for raw in ("<script>alert", "<img src=x", "<b>"):
+            assert raw not in detail.text
+        assert "&lt;b&gt;&#34;1&#34;.jpg" in detail.text
 
 
 # ---- /files --------------------------------------------------------------------------------
