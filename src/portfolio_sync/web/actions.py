@@ -32,7 +32,7 @@ def _refused(request: Request, exc: PayloadError) -> Response:
         extra={"action": "console_refused", "path": request.url.path, "reason": str(exc)},
     )
     status = exc.status if 400 <= exc.status < 500 else 422
-    return page(request, "refused.html", {"reason": str(exc)}, status=status)
+    return page(request, "refused.html", {"heading": "Not done", "reason": str(exc)}, status=status)
 
 
 def _back(request: Request, path: str, done: str) -> RedirectResponse:

@@ -147,14 +147,14 @@ async def portfolio(request: Request, key: str, at: int = 0, fragment: bool = Fa
     runtime = runtime_of(request)
     version = runtime.feed.version
     if key_problem(runtime.layout, key):
-        raise HTTPException(404, f"no portfolio {key[:100]!r}")
+        return _not_found(request, f"no portfolio {key[:100]!r}")
     try:
         found = await asyncio.to_thread(runtime.portfolio, key)
         history = await asyncio.to_thread(reads.history, runtime, key)
     except PortfolioSyncError as exc:
         return page(request, "down.html", {"error": str(exc)}, status=503)
     if found is None:
-        raise HTTPException(404, f"no portfolio {key[:100]!r}: no row, no folder")
+        return _not_found(request, f"no portfolio {key[:100]!r}: no row, no folder")
     layout = runtime.layout
     base = request.scope.get("root_path", "").rstrip("/")
     at = max(at, 0)
@@ -186,6 +186,10 @@ async def portfolio(request: Request, key: str, at: int = 0, fragment: bool = Fa
         "longest": longest,
     }
     return page(request, "portfolio_live.html" if fragment else "portfolio.html", context)
+
+
+def _not_found(request: Request, reason: str) -> Response:
+    return page(request, "refused.html", {"heading": "Not found", "reason": reason}, status=404)
 
 
 @router.get("/events")
