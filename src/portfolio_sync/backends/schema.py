@@ -261,7 +261,7 @@ def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None
 
 
 def record_error(engine: sa.Engine, key: str, error: str) -> None:
-    """Keep the last error of a key (and count attempts) for `status` and the dashboard."""
+    """Keep the last error of a key (and count attempts) for `status` and the console."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
