@@ -162,15 +162,23 @@ class ConsoleAuth:
 
 
 def refuse_cross_site(request: Request) -> None:
-    """403 when the browser says the request was started by another site."""
+    """403 when the browser says the request was started by another site.
+
+    ``Sec-Fetch-Site`` is set by the browser and cannot be set by a page, so when it is
+    there it decides (and a proxy that rewrites ``Host`` changes nothing). Browsers too old
+    to send it are judged by ``Origin`` against ``Host`` or ``X-Forwarded-Host``.
+    """
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        reason = f"cross-site request refused (Sec-Fetch-Site: {site[:20]})"
-        raise PayloadError(reason, status=403)
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            reason = f"cross-site request refused (Sec-Fetch-Site: {site[:20]})"
+            raise PayloadError(reason, status=403)
+        return
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
-        host = request.headers.get("host", "")
-        if urlsplit(origin).netloc.lower() != host.lower():
-            raise PayloadError("cross-site request refused (Origin is another site)", status=403)
-    elif origin == "null":
+    if origin is None:
+        return
+    if origin == "null":
         raise PayloadError("cross-site request refused (Origin: null)", status=403)
+    hosts = {request.headers.get(name, "").lower() for name in ("host", "x-forwarded-host")} - {""}
+    if urlsplit(origin).netloc.lower() not in hosts:
+        raise PayloadError("cross-site request refused (Origin is another site)", status=403)

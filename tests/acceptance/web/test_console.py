@@ -173,6 +173,12 @@ async def test_actions_on_loopback_need_the_form_token(demo: Path) -> None:
             ({"csrf": csrf + "x"}, SAME_SITE, 403, "token is missing or stale"),
             ({"csrf": csrf}, {"Sec-Fetch-Site": "cross-site"}, 403, "cross-site"),
             ({"csrf": csrf}, {"Origin": "http://evil.example"}, 403, "Origin is another site"),
+            (
+                {"csrf": csrf},
+                {"Sec-Fetch-Site": "same-site", "Origin": "http://console"},
+                403,
+                "Sec-Fetch-Site: same-site",
+            ),
             ({"csrf": csrf}, {"Origin": "null"}, 403, "Origin: null"),
         ]
         for fields, headers, status, reason in refusals:
@@ -180,7 +186,16 @@ async def test_actions_on_loopback_need_the_form_token(demo: Path) -> None:
             assert (answer.status_code, reason in answer.text) == (status, True), answer.text
         as_json = await http.post("/p/2/sync", json={"csrf": csrf}, headers=SAME_SITE)
         assert as_json.status_code == 415
-        assert runtime.metrics.events.labels("console", "accepted")._value.get() == 0
+        accepted = runtime.metrics.events.labels("console", "accepted")
+        assert accepted._value.get() == 0
+        # Behind a proxy that rewrites Host, the browser's Sec-Fetch-Site still decides.
+        proxied = {"Sec-Fetch-Site": "same-origin", "Origin": "https://console.example"}
+        behind = await http.post("/p/2/sync", data={"csrf": csrf}, headers=proxied)
+        assert behind.status_code == 303
+        forwarded = {"Origin": "https://console.example", "X-Forwarded-Host": "console.example"}
+        behind = await http.post("/p/2/sync", data={"csrf": csrf}, headers=forwarded)
+        assert behind.status_code == 303
+        await runtime.queue.join()
         done = await post(http, "/p/2/sync", csrf=csrf)
         assert done.status_code == 303 and done.headers["location"] == "/p/2?done=sync"
         await runtime.queue.join()
