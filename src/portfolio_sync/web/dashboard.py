@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from portfolio_sync.backends.catalog import Browse
 from portfolio_sync.backends.storage import ObjectNotFound, ObjectTooLarge
 from portfolio_sync.errors import PortfolioSyncError, StorageError
 from portfolio_sync.web import reads, views
@@ -41,6 +42,7 @@ STREAM_SECONDS = 300.0  # an event stream ends after this; the browser reconnect
 _EXTRA_TYPES = {"avif": "image/avif", "heic": "image/heic", "heif": "image/heif"}
 _STATIC = files("portfolio_sync.web").joinpath("static")
 Filter = Literal["drift", "error", "never"]
+_ON_STATE: dict[str, Browse] = {"error": "error", "never": "never"}  # the rest lists storage
 FLASH = {
     "sync": "Sync queued.",
     "all": "Full pass queued.",
@@ -119,7 +121,7 @@ async def overview(
             after=after,
             limit=limit,
             search=q,
-            only=None if only in (None, "drift") else only,  # type: ignore[arg-type]
+            only=_ON_STATE.get(only or ""),
             drift=only == "drift",
         )
     except PortfolioSyncError as exc:
