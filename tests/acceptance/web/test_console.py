@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from portfolio_sync.backends import schema
-from portfolio_sync.cli.demo import create_demo
-from portfolio_sync.config import Settings
+from portfolio_sync.cli.demo import create_demo, make_image
+from portfolio_sync.config import Settings, load_settings
 from portfolio_sync.runtime import Runtime
 from portfolio_sync.web import docs
 from portfolio_sync.web.app import create_app
@@ -108,6 +108,31 @@ async def test_portfolio_page_lists_history_and_errors(demo: Path) -> None:
         html = (await http.get("/p/2")).text
     assert "listing failed: &lt;boom&gt;" in html and "<boom>" not in html
     assert re.search(r'<span class="trigger">test</span>\s*<span class="add-text">\+', html)
+
+
+async def test_portfolio_page_shows_each_collection(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    for sub, names in (("before", ["b1.jpg", "b2.jpg"]), ("after", ["a1.jpg"])):
+        for name in names:
+            make_image(storage / "5" / sub / name, hue=0.4, label=name)
+    db = sqlite3.connect(tmp_path / "app.db")
+    with db:
+        db.execute("CREATE TABLE portfolios (id INTEGER PRIMARY KEY, before TEXT, after TEXT)")
+        db.execute("INSERT INTO portfolios VALUES (5, '[\"5/before/b1.jpg\"]', NULL)")
+    db.close()
+    settings = load_settings(
+        None,
+        database_url=f"sqlite:///{tmp_path / 'app.db'}",
+        storage_url=str(storage),
+        collections="before={key}/before/,after={key}/after/",
+    )
+    async with console(settings) as (http, _):
+        html = (await http.get("/p/5")).text
+    before, after = html.split('<section class="collection"')[1:3]
+    assert "<code>before</code> ← <code>5/before/</code>" in before
+    assert "1 in the row · 2 in the folder" in before and "+1 to add" in before
+    assert "<code>after</code> ← <code>5/after/</code>" in after
+    assert "0 in the row · 1 in the folder" in after and "a1.jpg" in after
 
 
 # ---- main page: filters, search, panels ------------------------------------------------------
