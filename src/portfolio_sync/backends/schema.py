@@ -316,6 +316,18 @@ def read_errors(engine: sa.Engine, limit: int = 50) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
+def count_errors(engine: sa.Engine) -> int:
+    """How many keys have a last error recorded."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(state.name):
+            return 0
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(state).where(state.c.last_error.is_not(None))
+            ).scalar_one()
+        )
+
+
 def recent_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(history.name):

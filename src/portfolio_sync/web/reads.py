@@ -65,16 +65,11 @@ def facts(runtime: Runtime) -> dict[str, Any]:
     """Counts and panels for the main page (blocking)."""
     catalog = runtime.service.catalog
     try:
-        with catalog.engine.connect() as conn:
-            failing = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(schema.state)
-                .where(schema.state.c.last_error.is_not(None))
-            ).scalar_one()
+        failing = schema.count_errors(catalog.engine)
         panels = [(panel, panel.read(catalog.engine)) for panel in PANELS]
     except sa.exc.SQLAlchemyError as exc:
         raise CatalogError(f"cannot read the status tables: {exc}") from exc
-    return {"rows": catalog.count_rows(), "failing": int(failing), "panels": panels}
+    return {"rows": catalog.count_rows(), "failing": failing, "panels": panels}
 
 
 async def portfolios(runtime: Runtime, keys: list[str]) -> list[dict[str, Any]]:
