@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,19 +63,41 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(demo: Path) -> Iterator[ServeProcess]:
-    with serve_process(_env(demo), demo.parent) as running:
-        yield running
+def servers(
+    demo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Two servers over their own demo sets, started and stopped side by side (each takes
+    seconds): an open one (no secret: loopback may act) and one with a webhook secret."""
+    locked = tmp_path_factory.mktemp("locked") / "demo"
+    create_demo(locked, portfolios=3)
+    contexts = [
+        serve_process(_env(demo), demo.parent),
+        serve_process(_env(locked, PORTFOLIO_SYNC_WEBHOOK_SECRET=SECRET), locked.parent),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(context.__enter__) for context in contexts]
+        try:
+            first, second = (future.result() for future in started)
+            yield first, second
+        finally:
+            stops = [
+                pool.submit(context.__exit__, None, None, None)
+                for context, future in zip(contexts, started, strict=True)
+                if future.exception() is None
+            ]
+            for stop in stops:
+                stop.result()
 
 
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    """A server with a webhook secret: actions need the login."""
-    directory = tmp_path_factory.mktemp("locked") / "demo"
-    create_demo(directory, portfolios=3)
-    env = _env(directory, PORTFOLIO_SYNC_WEBHOOK_SECRET=SECRET)
-    with serve_process(env, directory.parent) as running:
-        yield running
+def server(servers: tuple[ServeProcess, ServeProcess]) -> ServeProcess:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def locked(servers: tuple[ServeProcess, ServeProcess]) -> ServeProcess:
+    """The server with a webhook secret: actions need the login."""
+    return servers[1]
 
 
 class Watched:
