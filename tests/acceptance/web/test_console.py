@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from portfolio_sync.backends import schema
 from portfolio_sync.cli.demo import create_demo, make_image
@@ -24,7 +25,7 @@ from portfolio_sync.config import Settings, load_settings
 from portfolio_sync.runtime import Runtime
 from portfolio_sync.web import docs
 from portfolio_sync.web.app import create_app
-from portfolio_sync.web.session import COOKIE, ConsoleAuth
+from portfolio_sync.web.session import COOKIE
 from portfolio_sync.wiring import open_service
 from tests.acceptance.web.test_dashboard import Page, demo_settings
 
@@ -32,7 +33,6 @@ SECRET = "s3cret-for-the-console"
 LOOPBACK = ("127.0.0.1", 40000)
 ELSEWHERE = ("203.0.113.7", 40000)
 SAME_SITE = {"Sec-Fetch-Site": "same-origin", "Origin": "http://console"}
-CONSOLE_AUTH: dict[int, ConsoleAuth] = {}  # per client: the app's session rules
 
 
 @pytest.fixture
@@ -45,17 +45,25 @@ def demo(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
+async def started(settings: Settings) -> AsyncIterator[tuple[FastAPI, Runtime]]:
+    """The app over a started runtime."""
+    with open_service(settings) as svc:
+        async with Runtime(svc, watch=False, catch_up=False) as runtime:
+            yield create_app(runtime), runtime
+
+
+def client_of(app: FastAPI, address: tuple[str, int]) -> httpx.AsyncClient:
+    """A client of `app` whose requests come from `address`."""
+    transport = httpx.ASGITransport(app=app, client=address)
+    return httpx.AsyncClient(transport=transport, base_url="http://console")
+
+
+@asynccontextmanager
 async def console(
     settings: Settings, client: tuple[str, int] = LOOPBACK
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    """The app over a started runtime; `client` is the address requests come from."""
-    with open_service(settings) as svc:
-        async with Runtime(svc, watch=False, catch_up=False) as runtime:
-            app = create_app(runtime)
-            transport = httpx.ASGITransport(app=app, client=client)
-            async with httpx.AsyncClient(transport=transport, base_url="http://console") as http:
-                CONSOLE_AUTH[id(http)] = app.state.console_auth
-                yield http, runtime
+    async with started(settings) as (app, runtime), client_of(app, client) as http:
+        yield http, runtime
 
 
 async def token(http: httpx.AsyncClient, url: str = "/") -> str:
@@ -235,27 +243,21 @@ async def test_actions_on_loopback_need_the_form_token(demo: Path) -> None:
 
 
 async def test_actions_from_another_machine_without_a_secret(demo: Path) -> None:
-    async with console(demo_settings(demo), client=ELSEWHERE) as (http, runtime):
-        page = await http.get("/")
+    async with (
+        started(demo_settings(demo)) as (app, runtime),
+        client_of(app, ELSEWHERE) as far,
+        client_of(app, LOOPBACK) as near,
+    ):
+        page = await far.get("/")
         assert "Actions are allowed from this machine only" in page.text
-        assert 'id="full-pass"' not in page.text
-        csrf = (await http.get("/login")).text.split('name="csrf" value="')
-        assert len(csrf) == 1  # no login form without a secret
-        session_page = await http.get("/p/1")
-        assert 'id="sync-now"' not in session_page.text
-        # No page offers a form here; a token computed with the app's own key still fails.
-        auth = CONSOLE_AUTH[id(http)]
-        session = auth.read(_request_with(http.cookies[COOKIE]))
-        assert session is not None and not runtime.settings.webhook_secret
-        refused = await post(http, "/console/pass", csrf=auth.csrf(session))
+        assert 'id="full-pass"' not in page.text and 'name="csrf"' not in page.text
+        assert 'id="sync-now"' not in (await far.get("/p/1")).text
+        # A session and token from this machine, replayed from another one, are refused.
+        csrf = await token(near)
+        far.cookies.set(COOKIE, near.cookies[COOKIE])
+        refused = await post(far, "/console/pass", csrf=csrf)
+        assert not runtime.settings.webhook_secret
     assert refused.status_code == 403 and "only requests from this machine" in refused.text
-
-
-def _request_with(cookie: str) -> Any:
-    from starlette.requests import Request
-
-    scope = {"type": "http", "headers": [(b"cookie", f"{COOKIE}={cookie}".encode())]}
-    return Request(scope)
 
 
 # ---- actions with a secret: the login ---------------------------------------------------------
