@@ -27,6 +27,7 @@ from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
 logger = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 3
+ORPHANS_KEPT = 200  # orphan folder names the last full pass keeps (the count is exact)
 _path_of = attrgetter("path")
 
 
@@ -219,6 +220,7 @@ class Reconciler:
                     "rows": report.rows,
                     "changed": len(report.changed),
                     "orphans": len(report.orphans),
+                    "orphan_keys": report.orphans[:ORPHANS_KEPT],  # for the console
                     "errors": len(report.errors),
                     "duration_ms": round(report.duration_ms, 1),
                 },

@@ -28,6 +28,7 @@ from cronsim import CronSim
 from portfolio_sync.backends import outbox, schema
 from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
 from portfolio_sync.errors import PortfolioSyncError
+from portfolio_sync.feed import SyncFeed
 from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
 from portfolio_sync.queue import ALL
@@ -112,6 +113,7 @@ class Runtime:
         # event's transaction commits: an unmet expectation there means a later change
         # superseded the event (uploaded, then deleted), not a lagging listing.
         self.storage_lags = not isinstance(service.storage, SnapshotListing)
+        self.feed = SyncFeed()  # finished syncs, for the console's live pages
         self.queue: LocalQueue | ProcrastinateQueue
         if self.settings.is_postgres:  # jobs in the database; its periodic task is the cron
             from portfolio_sync.queue.procrastinate import ProcrastinateQueue
@@ -177,6 +179,7 @@ class Runtime:
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self.feed.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -241,6 +244,12 @@ class Runtime:
 
     # ---- the runner the queue calls -----------------------------------------------------
     async def _run(self, key: str, trigger: str) -> None:
+        try:
+            await self._sync(key, trigger)
+        finally:
+            self.feed.publish(key)
+
+    async def _sync(self, key: str, trigger: str) -> None:
         rec = self.service.reconciler
         if key == ALL:
             report = await asyncio.to_thread(

@@ -38,6 +38,14 @@ KeyKind = Literal["int", "uuid", "text"]
 _INT = re.compile(r"^-?[0-9]+$")
 _FETCH_ROWS = 2000  # rows per fetch of the bulk read
 
+Browse = Literal["error", "never"]
+#: Conditions of :meth:`Catalog.browse`'s `only`, on our state table `s` beside row `t`
+#: (`{own}` joins the two). A new filter (e.g. keys with held writes) is one entry here.
+BROWSE_FILTERS: dict[str, str] = {
+    "error": "EXISTS (SELECT 1 FROM {state} AS s WHERE {own} AND s.last_error IS NOT NULL)",
+    "never": "NOT EXISTS (SELECT 1 FROM {state} AS s WHERE {own} AND s.last_synced_at IS NOT NULL)",
+}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImagesColumn:
@@ -306,20 +314,45 @@ class Catalog:
         collate = ' COLLATE "C"' if self.dialect == "postgresql" else ""
         return f"(CAST({self._key_sql} AS TEXT) || '/'){collate}"
 
-    def keys_after(self, after: str | None, limit: int) -> list[str]:
-        """Up to `limit` keys after `after` in the order of :meth:`stream_rows`.
+    def browse(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        search: str | None = None,
+        only: Browse | None = None,
+    ) -> list[str]:
+        """Up to `limit` keys after `after` in the key column's own order, for the console.
 
-        A keyset query on the same ordering expression, so a late page (of the dashboard)
-        costs as much as the first.
+        Integer keys sort as numbers (1, 2, …, 10: the natural order people expect) and
+        text keys by the column's collation. Both walk the primary key's index, so a page
+        deep into 100k rows costs what the first does (`stream_rows`' folder order is an
+        expression no index has: a page in that order sorted the whole table, 117 ms at
+        100k on SQLite against 0.7 ms). `search` keeps keys containing it; `only` keeps
+        the keys a `BROWSE_FILTERS` condition on our state table selects.
         """
-        order = self._folder_order()
-        where = f"WHERE {order} > :after " if after is not None else ""
-        sql = f"SELECT CAST({self._key_sql} AS TEXT) FROM {self._table_sql} {where}"
-        with self._connect() as conn:
-            found = conn.execute(
-                sa.text(f"{sql}ORDER BY {order} LIMIT :n"), {"after": f"{after}/", "n": limit}
-            ).scalars()
-            return [str(k) for k in found]
+        state = schema.state.name
+        clauses: list[str] = []
+        params: dict[str, Any] = {"n": limit}
+        if after is not None:
+            value = self.key_value(after)
+            if value is not None:
+                clauses.append(f"t.{self._key_sql} > CAST(:after AS {self._key_type})")
+                params["after"] = value
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(f"CAST(t.{self._key_sql} AS TEXT) LIKE :search ESCAPE '\\'")
+            params["search"] = f"%{escaped}%"
+        if only is not None:
+            own = f"s.{self._quote('key')} = CAST(t.{self._key_sql} AS TEXT)"
+            clauses.append(BROWSE_FILTERS[only].format(state=self._quote(state), own=own))
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        sql = (
+            f"SELECT CAST(t.{self._key_sql} AS TEXT) FROM {self._table_sql} AS t {where}"
+            f"ORDER BY t.{self._key_sql} LIMIT :n"
+        )
+        with self._connect(autocommit=True) as conn:
+            return [str(k) for k in conn.execute(sa.text(sql), params).scalars()]
 
     def count_rows(self) -> int:
         with self._connect() as conn:

@@ -261,7 +261,7 @@ def record_checked(engine: sa.Engine, key: str, fingerprint: str | None) -> None
 
 
 def record_error(engine: sa.Engine, key: str, error: str) -> None:
-    """Keep the last error of a key (and count attempts) for `status` and the dashboard."""
+    """Keep the last error of a key (and count attempts) for `status` and the console."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -314,6 +314,18 @@ def read_errors(engine: sa.Engine, limit: int = 50) -> list[dict[str, Any]]:
             .limit(limit)
         ).mappings()
         return [dict(r) for r in rows]
+
+
+def count_errors(engine: sa.Engine) -> int:
+    """How many keys have a last error recorded."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(state.name):
+            return 0
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(state).where(state.c.last_error.is_not(None))
+            ).scalar_one()
+        )
 
 
 def recent_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ def run_demo(
         return
     url = f"http://127.0.0.1:{port}"
     print(  # plain print: commands must not be wrapped
-        f"\nServing the demo on {url}/  (dashboard; API docs at {url}/docs; Ctrl-C stops)\n"
+        f"\nServing the demo on {url}/  (operator console; API docs at {url}/docs; Ctrl-C stops)\n"
         f"Try: cp {directory}/storage/1/photo-1.jpg {directory}/storage/3/new.jpg\n"
         f"     curl {url}/portfolios/3     (the row lists new.jpg within a second)\n"
         f'     sqlite3 {directory}/portfolio-sync.db "INSERT INTO portfolios (id, title) '

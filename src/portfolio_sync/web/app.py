@@ -1,4 +1,4 @@
-"""The ASGI app: webhooks in, keys out; manual syncs, reads, health, metrics, dashboard.
+"""The ASGI app: webhooks in, keys out; manual syncs, reads, health, metrics, console, docs.
 
 Routes are thin: POSTs go to `intake.Intake` (body limit, auth, parsing, queueing), reads
 go to the `Runtime`'s blocking helpers in a thread. Handlers never touch rows; only the
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from portfolio_sync.errors import PayloadError
 from portfolio_sync.queue import ALL
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.web import dashboard
+from portfolio_sync.web import dashboard, docs
 from portfolio_sync.web import errors as http_errors
 from portfolio_sync.web.errors import ErrorBody
 from portfolio_sync.web.intake import Intake, Queued, key_problem
@@ -97,9 +97,11 @@ def create_app(
         "sides. POST endpoints need the webhook secret (or, without one, a loopback "
         'client). Errors are `{"error": reason}`.',
         version="0.1.0",
+        docs_url=None,  # served from local assets by docs.install
+        redoc_url=None,
     )
-    app.state.runtime = runtime  # the dashboard's routes find it here
     http_errors.install(app)
+    docs.install(app)
 
     @app.post(
         "/hooks/storage",
@@ -208,7 +210,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(dashboard.router)
+    dashboard.install(app, runtime)
     return app
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -29,7 +30,17 @@ class _Server(uvicorn.Server):
     uvicorn restores the default SIGTERM handler and raises the signal again once it has
     stopped serving, which kills the process (exit -15) before the runtime can stop. Here
     the handlers are only restored, so `serve` goes on to stop the runtime and exits 0.
+    Shutting down also ends the console's event streams first: uvicorn waits for open
+    responses, and an event stream never ends by itself.
     """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.runtime.feed.close()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -64,7 +75,7 @@ async def serve(settings: Settings, *, host: str, port: int, watch: bool = True)
             lifespan="off",
             timeout_graceful_shutdown=10,
         )
-        server = _Server(config)
+        server = _Server(config, runtime)
         if not settings.webhook_secret:
             logger.warning(
                 "PORTFOLIO_SYNC_WEBHOOK_SECRET is not set: POST endpoints answer only "

@@ -1,4 +1,4 @@
-"""The status dashboard (`GET /`) and its image route (`GET /files/...`).
+"""The console's main page (`GET /`) and its image route (`GET /files/...`).
 
 Driven through the ASGI app with a real `Runtime` over a real SQLite file and a folder of
 real JPEG/PNG images (the `demo` set), plus PostgreSQL + moto S3 for the S3 read path.
@@ -100,12 +100,11 @@ def images_in(folder: Path) -> list[str]:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    """The dashboard router on its own app, as server.py mounts it, over a real Runtime."""
+    """The console on its own app, as `create_app` mounts it, over a real Runtime."""
     with open_service(settings) as svc:
         runtime = Runtime(svc, watch=False, catch_up=False)
         app = FastAPI()
-        app.state.runtime = runtime
-        app.include_router(dashboard.router)
+        dashboard.install(app, runtime)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
             yield client, runtime
@@ -140,9 +139,9 @@ async def test_page_shows_keys_badges_and_header(demo: Path) -> None:
         response = await client.get("/")
         parsed = Page(response.text)
     assert response.status_code == 200
-    assert "script-src 'nonce-" in response.headers["content-security-policy"]
+    assert "script-src 'self';" in response.headers["content-security-policy"]  # no inline
     rows = parsed.portfolios()
-    assert list(rows) == sorted((str(n) for n in range(1, 21)), key=lambda k: f"{k}/")
+    assert list(rows) == [str(n) for n in range(1, 21)]  # integer keys: natural order
     assert rows["1"].cells[1] == "in sync"
     assert rows["2"].cells[1].startswith("out of sync +1")
     in_folder = len(images_in(demo / "storage" / "2"))
@@ -151,10 +150,10 @@ async def test_page_shows_keys_badges_and_header(demo: Path) -> None:
     text = response.text
     for fact in ("sqlite:///", f"folder {demo / 'storage'}", "portfolios", "0 pending · 0 running"):
         assert fact in text
-    assert "20 rows, " in text and "not scheduled" in text  # last pass; runtime not started
-    errors = parsed.tables[-1]
+    assert "not scheduled" in text  # runtime not started
+    errors, passes, recent = parsed.tables[1:4]
     assert [r.cells[0] for r in errors[1:]] == ["3"] and errors[1].cells[3].endswith("<timeout>")
-    recent = parsed.tables[1]
+    assert [c.strip() for c in passes[1].cells[1:6]] == ["test", "20", "14", "1", "0"]
     assert len(recent) > 2 and recent[1].cells[2] == "test"  # history of the fixture's pass
 
 
@@ -183,16 +182,17 @@ async def test_thumbnails_serve_the_exact_image_bytes(demo: Path) -> None:
 async def test_pagination_follows_key_order(demo: Path) -> None:
     async with serving(demo_settings(demo)) as (client, _):
         first = await page(client, "/?limit=5")
-        assert list(first.portfolios()) == ["1", "10", "11", "12", "13"]
+        assert list(first.portfolios()) == ["1", "2", "3", "4", "5"]
         assert "« first page" not in first.links
         nxt = first.links["next page »"]
-        assert parse_qs(urlsplit(nxt).query) == {"after": ["13"], "limit": ["5"]}
+        assert parse_qs(urlsplit(nxt).query) == {"after": ["5"], "limit": ["5"]}
         second = await page(client, nxt)
-        assert list(second.portfolios()) == ["14", "15", "16", "17", "18"]
+        assert list(second.portfolios()) == ["6", "7", "8", "9", "10"]
         assert "« first page" in second.links
-        last = await page(client, "/?after=7&limit=5")
-        assert list(last.portfolios()) == ["8", "9"] and "next page »" not in last.links
-        assert (await page(client, "/?after=9")).portfolios() == {}
+        last = await page(client, "/?after=17&limit=5")
+        assert list(last.portfolios()) == ["18", "19", "20"] and "next page »" not in last.links
+        assert (await page(client, "/?after=20")).portfolios() == {}
+        assert list((await page(client, "/?after=x&limit=2")).portfolios()) == ["1", "2"]
         assert len((await page(client, "/?limit=100000")).portfolios()) == 20  # capped, not 422
 
 
@@ -249,6 +249,13 @@ async def test_hostile_keys_and_names_are_escaped(tmp_path: Path) -> None:
         assert src == "/files/%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E/%3Cb%3E%221%22.jpg"
         image = await client.get(src)
         assert image.content == (storage / hostile / '<b>"1".jpg').read_bytes()
+        link = "/p/%3Cimg%20src%3Dx%20onerror%3Dalert%282%29%3E"
+        assert f'href="{link}"' in body
+        detail = await client.get(link)
+        assert detail.status_code == 200
+        for raw in ("<script>alert", "<img src=x", "<b>"):
+            assert raw not in detail.text
+        assert "&lt;b&gt;&#34;1&#34;.jpg" in detail.text
 
 
 # ---- /files --------------------------------------------------------------------------------
@@ -295,8 +302,8 @@ async def test_files_streams_s3_objects(tmp_path: Path, pg_url: str, s3_bucket: 
         world.put("7/b.png", (tmp_path / "b.png").read_bytes())
         async with serving(world.settings()) as (client, _):
             rows = (await page(client)).portfolios()
-            assert list(rows) == ["10", "7"]  # folder order ("10/" < "7/"), on PostgreSQL
-            assert list((await page(client, "/?after=10")).portfolios()) == ["7"]
+            assert list(rows) == ["7", "10"]  # integer keys in natural order, on PostgreSQL
+            assert list((await page(client, "/?after=7")).portfolios()) == ["10"]
             assert rows["7"].cells[1].startswith("out of sync +2")
             assert rows["7"].images == ["/files/7/a.jpg", "/files/7/b.png"]
             for src, name, kind in zip(
