@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
     max_empty_share: float = Field(0.1, ge=0.0, le=1.0)
     max_empty_rows: int = Field(5, ge=0)
+    guard_window: float = Field(600.0, ge=1.0)
     batch_size: int = Field(500, ge=1, le=5000)
     workers: int = Field(4, ge=1, le=256)
     debounce: float = Field(0.25, ge=0.0, le=60.0)

@@ -42,14 +42,29 @@ class Plan:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     fingerprint: str | None = None  # digest of the listing the plan was made from
+    before: int = 0  # images the row held before (all columns)
 
     @property
     def empties(self) -> bool:
         """True when a non-empty row would become empty (counted by the mass-deletion guard)."""
         return not any(self.new) and bool(self.removed)
 
+    @property
+    def drastic(self) -> bool:
+        """Empties the row, or removes more than half of its images: such a write needs a
+        healthy storage root, and per-key syncs count it in the streaming guard's window."""
+        return self.empties or 2 * len(self.removed) > self.before > 0
 
-Status = Literal["changed", "unchanged", "orphan", "missing", "error", "conflict"]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RootProbe:
+    """What the storage root looks like right now (see `Storage.probe`)."""
+
+    device: int | None  # st_dev of a local root; None for S3
+    has_objects: bool  # the folder holding the portfolio folders is not empty
+
+
+Status = Literal["changed", "unchanged", "orphan", "missing", "error", "conflict", "held"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +90,7 @@ class PassReport:
     orphans: list[str] = field(default_factory=list)
     errors: list[SyncResult] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    faulted: list[str] = field(default_factory=list)  # keys whose folder could not be listed
     aborted: str | None = None
     dry_run: bool = False
     rows: int = 0

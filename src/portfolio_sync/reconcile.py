@@ -5,6 +5,10 @@ then list its folder, then compare-and-set against the value read first. The bul
 does the same for the whole table as one streaming merge of two ordered streams (folders
 from one listing of the tree, rows from one ordered read), writing only drifted rows in
 batches, so its cost is one listing plus one table read and its memory one batch.
+
+Writes that empty a row pass the checks of `safety.py` first, on every path: a healthy
+storage root, and the mass-deletion guard (the pass's own count, or for single syncs the
+streaming window, past which they are held for an operator).
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
-from portfolio_sync.backends.storage import SnapshotListing, Storage, folder_order
+from portfolio_sync.backends.storage import FolderFault, SnapshotListing, Storage, folder_order
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import Layout
 from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
+from portfolio_sync.safety import Guard, RootHealth, StreamingGuard
+
+__all__ = ["Guard", "Reconciler", "fingerprint", "plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Pl
         new=new,
         added=tuple(dict.fromkeys(v for v in new_values if v not in old_set)),
         removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),
+        before=len(old_set),
     )
 
 
@@ -68,17 +75,6 @@ def fingerprint(objects: Sequence[ObjectInfo]) -> str:
         f"{obj.path}\0{obj.size}\0{obj.mtime:.3f}\n" for obj in sorted(objects, key=_path_of)
     )  # one update of the concatenation: the same digest as one update per object
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Guard:
-    """Mass-deletion guard: like rclone's --max-delete, for rows a pass would empty."""
-
-    max_share: float = 0.1
-    min_rows: int = 5
-
-    def trips(self, emptied: int, nonempty_before: int) -> bool:
-        return emptied >= self.min_rows and emptied > self.max_share * nonempty_before
 
 
 class Reconciler:
@@ -92,6 +88,7 @@ class Reconciler:
         *,
         guard: Guard | None = None,
         batch_size: int = 500,
+        guard_window: float = 600.0,
     ) -> None:
         self.catalog = catalog
         self.storage = storage
@@ -103,13 +100,25 @@ class Reconciler:
             if isinstance(storage, SnapshotListing) and storage.shares(catalog.engine)
             else None
         )
+        self.health = RootHealth.for_storage(storage, catalog.engine, layout.prefix)
+        self.streaming = StreamingGuard(
+            self.guard, catalog.engine, catalog.count_nonempty, window=guard_window
+        )
 
     # ---- one portfolio ------------------------------------------------------------------
-    def sync_one(self, key: str, trigger: str, *, dry_run: bool = False) -> SyncResult:
-        """Make one row equal its folder. Errors are returned (and recorded), not raised."""
+    def sync_one(
+        self, key: str, trigger: str, *, dry_run: bool = False, release: bool = False
+    ) -> SyncResult:
+        """Make one row equal its folder. Errors are returned (and recorded), not raised.
+
+        A write that would empty the row (or remove more than half of it) needs a healthy
+        storage root (else an error), and a place in the streaming guard's window (else it
+        is held: status "held", recorded for `release`). `release` is the operator's
+        release of a held write: the window is not consulted, root health still is.
+        """
         started = time.perf_counter()
         try:
-            result = self._sync_one(key, trigger, dry_run=dry_run, started=started)
+            result = self._sync_one(key, trigger, dry_run=dry_run, started=started, release=release)
         except PortfolioSyncError as exc:
             result = SyncResult(
                 key=key, status="error", error=str(exc), duration_ms=_ms(started), dry_run=dry_run
@@ -119,7 +128,10 @@ class Reconciler:
         log_result(result, trigger)
         return result
 
-    def _sync_one(self, key: str, trigger: str, *, dry_run: bool, started: float) -> SyncResult:
+    def _sync_one(
+        self, key: str, trigger: str, *, dry_run: bool, started: float, release: bool
+    ) -> SyncResult:
+        admitted = release
         for _ in range(CAS_ATTEMPTS):
             row, objects = self._read(key)
             listed = frozenset(o.path for o in objects)
@@ -138,6 +150,13 @@ class Reconciler:
                 return done(status="unchanged", duration_ms=_ms(started))
             if dry_run:
                 return _changed(change, started, dry_run=True, listed=listed)
+            if change.drastic:
+                self.health.check()
+                if not admitted:
+                    reason = self.streaming.admit(key)
+                    if reason is not None:
+                        return self._hold(change, trigger, reason, listed, started)
+                    admitted = True
             written = self.catalog.apply([change], trigger=trigger, durations={key: _ms(started)})
             if key in written:
                 return _changed(change, started, listed=listed)
@@ -162,6 +181,31 @@ class Reconciler:
                 )
         row = self.catalog.read_row(key)
         return row, self.storage.list_prefix(folder)
+
+    def _hold(
+        self, change: Plan, trigger: str, reason: str, listed: frozenset[str], started: float
+    ) -> SyncResult:
+        write = {
+            "trigger": trigger,
+            "new": [list(values) for values in change.new],
+            "removed": list(change.removed),
+            "added": list(change.added),
+            "listed": sorted(listed)[:1000],
+        }
+        schema.record_held(self.catalog.engine, change.key, reason, write)
+        logger.warning(
+            "emptying write held",
+            extra={"action": "write_held", "key": change.key, "removed": len(change.removed)},
+        )
+        return SyncResult(
+            key=change.key,
+            status="held",
+            added=change.added,
+            removed=change.removed,
+            error=reason,
+            duration_ms=_ms(started),
+            listed=listed,
+        )
 
     def _record_error(self, key: str, error: str) -> None:
         try:
@@ -211,6 +255,7 @@ class Reconciler:
                 (report.errors if result.status == "error" else report.changed).append(result)
         report.duration_ms = _ms(started)
         if not dry_run and report.aborted is None:
+            self.health.remember_device()
             schema.put_meta(
                 self.catalog.engine,
                 "last_full_pass",
@@ -264,7 +309,9 @@ class _Merge:
         self.nonempty_before = 0
         self.conflicts: list[str] = []
 
-    def run(self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo]]]) -> None:
+    def run(
+        self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo] | FolderFault]]
+    ) -> None:
         layout, report, visit = self.rec.layout, self.report, self.visit
         named = (folder for folder in folders if layout.is_key(folder[0]))
         folder = next(named, None)
@@ -274,7 +321,8 @@ class _Merge:
             row_key = folder_order(row.key)
             while folder is not None and folder_key < row_key:  # type: ignore[operator]
                 last_folder = _check_order(last_folder, folder_key, "storage")
-                report.orphans.append(folder[0])
+                if not isinstance(folder[1], FolderFault):  # not a folder: no orphan either
+                    report.orphans.append(folder[0])
                 report.folders += 1
                 folder = next(named, None)
                 folder_key = None if folder is None else folder_order(folder[0])
@@ -290,12 +338,13 @@ class _Merge:
                 visit(row, [])
         while folder is not None:  # folders after the last row
             last_folder = _check_order(last_folder, folder_key, "storage")
-            report.orphans.append(folder[0])
+            if not isinstance(folder[1], FolderFault):
+                report.orphans.append(folder[0])
             report.folders += 1
             folder = next(named, None)
             folder_key = None if folder is None else folder_order(folder[0])
 
-    def visit(self, row: Row, objects: list[ObjectInfo]) -> None:
+    def visit(self, row: Row, objects: list[ObjectInfo] | FolderFault) -> None:
         report = self.report
         report.rows += 1
         if self.progress is not None and report.rows % 500 == 0:
@@ -305,6 +354,12 @@ class _Merge:
             return
         if any(row.values):
             self.nonempty_before += 1
+        if isinstance(objects, FolderFault):  # that portfolio's error, not the pass's
+            report.errors.append(SyncResult(key=row.key, status="error", error=str(objects)))
+            report.faulted.append(row.key)
+            if not self.dry_run:
+                self.rec._record_error(row.key, str(objects))
+            return
         layout = self.rec.layout
         change = plan(row, layout.select(row.key, objects), layout)
         if change is None:
@@ -352,6 +407,8 @@ class _Merge:
                 },
             )
             return
+        if emptied:  # StorageError: the pass stops here (a dry run reports it the same)
+            self.rec.health.check(allow_empty=force, record=not self.dry_run)
         for start in range(0, emptied, self.rec.batch_size):
             self.flush(self.emptying[start : start + self.rec.batch_size])
 

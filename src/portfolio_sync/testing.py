@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from portfolio_sync.backends.storage import Group, ObjectNotFound, ObjectTooLarge, folder_order
 from portfolio_sync.errors import StorageError
-from portfolio_sync.models import ObjectInfo
+from portfolio_sync.models import ObjectInfo, RootProbe
 
 if TYPE_CHECKING:
     from portfolio_sync.backends.storage import Storage
@@ -102,6 +102,12 @@ class MemoryStorage:
     def check(self) -> None:
         self.requests.append(("check", ""))
         self._raise_if_failing()
+
+    def probe(self, prefix: str) -> RootProbe:
+        """No device (like S3); `has_objects` when anything is stored under `prefix`."""
+        self.requests.append(("probe", prefix))
+        self._raise_if_failing()
+        return RootProbe(device=None, has_objects=any(p.startswith(prefix) for p in self.objects))
 
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix` at any depth, in UTF-8 byte order of the path."""

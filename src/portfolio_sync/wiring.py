@@ -44,6 +44,7 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
                 layout,
                 guard=Guard(max_share=settings.max_empty_share, min_rows=settings.max_empty_rows),
                 batch_size=settings.batch_size,
+                guard_window=settings.guard_window,
             )
             yield Service(
                 settings=settings,

@@ -69,6 +69,7 @@ def test_new_images_are_added() -> None:
         added=("k/b.jpg", "k/c.jpg"),
         removed=(),
         fingerprint=fingerprint([obj("k/c.jpg"), obj("k/a.jpg"), obj("k/b.jpg")]),
+        before=1,
     )
     assert not change.empties
 
@@ -325,6 +326,25 @@ def test_a_null_column_always_gets_a_list(layout: Layout, images: list[ObjectInf
 def test_plan_empties(new: tuple[list[str], ...], removed: tuple[str, ...], empties: bool) -> None:
     change = Plan(key="k", key_value=1, expected=(), new=new, added=(), removed=removed)
     assert change.empties is empties
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "drastic"),
+    [
+        (["a"], [], True),  # emptied
+        (["a", "b", "c"], ["a"], True),  # two of three removed
+        (["a", "b"], ["a"], False),  # exactly half: not more than half
+        (["a", "b", "c", "d"], ["a", "b", "e"], False),
+        (None, [], False),  # NULL -> []: nothing lost
+        ([], ["a"], False),
+    ],
+)
+def test_plan_drastic_is_emptying_or_removing_more_than_half(
+    before: list[str] | None, after: list[str], drastic: bool
+) -> None:
+    current = row(None if before is None else [f"k/{name}.jpg" for name in before])
+    change = make_plan(current, [[obj(f"k/{name}.jpg") for name in after]])
+    assert change is not None and change.drastic is drastic
 
 
 # ---- fingerprint --------------------------------------------------------------------

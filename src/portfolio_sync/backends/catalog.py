@@ -360,6 +360,23 @@ class Catalog:
                 conn.execute(sa.text(f"SELECT count(*) FROM {self._table_sql}")).scalar_one()
             )
 
+    def count_nonempty(self) -> int:
+        """Rows whose images columns hold at least one image (any column): the streaming
+        guard's denominator. Decided in SQL without parsing values, so an unreadable value
+        cannot fail the count: a JSON text is non-empty when it starts like `["…`."""
+        tests = []
+        for col in self.columns:
+            q = self._quote(col.name)
+            if col.kind == "array":
+                tests.append(f"cardinality({q}) > 0")
+                continue
+            text = f"CAST({q} AS TEXT)" if col.kind in ("json", "jsonb") else q
+            starts = f"ltrim(substr(ltrim({text}), 2))"
+            tests.append(f"(ltrim({text}) LIKE '[%' AND {starts} LIKE '\"%')")
+        sql = f"SELECT count(*) FROM {self._table_sql} WHERE {' OR '.join(tests)}"
+        with self._connect(autocommit=True) as conn:
+            return int(conn.execute(sa.text(sql)).scalar_one())
+
     # ---- writes -----------------------------------------------------------------------------
     def apply(
         self, plans: Sequence[Plan], *, trigger: str, durations: dict[str, float] | None = None

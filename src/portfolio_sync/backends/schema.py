@@ -46,6 +46,11 @@ state = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("last_error_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # A write the streaming guard held for an operator (`release`); any later write or
+    # in-sync check of the key clears it.
+    sa.Column("held_at", sa.DateTime(timezone=True)),
+    sa.Column("held_reason", sa.Text),
+    sa.Column("held_write", sa.JSON),
 )
 
 history = sa.Table(
@@ -72,6 +77,18 @@ outbox = sa.Table(
 )
 
 
+emptying = sa.Table(
+    "portfolio_sync_emptying",
+    metadata,
+    _id_column(),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("portfolio_sync_emptying_at", "at"),
+)
+
+_HELD_COLUMNS = ("held_at", "held_reason", "held_write")
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
         table.create(conn, checkfirst=True)
@@ -81,9 +98,22 @@ def _v2(conn: sa.Connection) -> None:
     outbox.create(conn, checkfirst=True)
 
 
+def _v3(conn: sa.Connection) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(state.name)}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in _HELD_COLUMNS:
+        if name not in present:
+            sql_type = state.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(
+                sa.text(f"ALTER TABLE {quote(state.name)} ADD COLUMN {quote(name)} {sql_type}")
+            )
+    emptying.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
+    (3, "held writes and the streaming guard's window", _v3),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -145,7 +175,14 @@ def get_meta(engine: sa.Engine, name: str) -> Any:
     return None if value is None else json.loads(value)
 
 
-_STATE_FIELDS = ("last_synced_at", "fingerprint", "last_error", "last_error_at", "attempts")
+_STATE_FIELDS = (
+    "last_synced_at",
+    "fingerprint",
+    "last_error",
+    "last_error_at",
+    "attempts",
+    *_HELD_COLUMNS,
+)
 _HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms")
 _Processor = Callable[[Any], Any] | None
 
@@ -217,8 +254,9 @@ def _insert_many(
 
 
 def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
-    """State rows of keys found in sync (key, fingerprint) as of ``at``: errors cleared."""
-    return [(key, at, fp, None, None, 0) for key, fp in keys]
+    """State rows of keys found in sync (key, fingerprint) as of ``at``: errors and held
+    writes cleared."""
+    return [(key, at, fp, None, None, 0, None, None, None) for key, fp in keys]
 
 
 def record_writes(
@@ -280,6 +318,49 @@ def record_error(engine: sa.Engine, key: str, error: str) -> None:
                 },
             )
         )
+
+
+def record_held(engine: sa.Engine, key: str, reason: str, write: dict[str, Any]) -> None:
+    """Keep the write the streaming guard held (what the listing asked for) until an
+    operator releases it or a later sync of the key makes it moot."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        stmt = insert(state).values(key=key, held_at=now(), held_reason=reason, held_write=write)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[state.c.key],
+                set_={
+                    "held_at": stmt.excluded.held_at,
+                    "held_reason": stmt.excluded.held_reason,
+                    "held_write": stmt.excluded.held_write,
+                },
+            )
+        )
+
+
+def read_held(engine: sa.Engine, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Held writes (all, or of `keys`), oldest first."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(state.name) or current_version(conn) < 3:
+            return []
+        query = sa.select(
+            state.c.key, state.c.held_at, state.c.held_reason, state.c.held_write
+        ).where(state.c.held_at.is_not(None))
+        if keys is not None:
+            query = query.where(state.c.key.in_(list(keys)))
+        rows = conn.execute(query.order_by(state.c.held_at, state.c.key)).mappings()
+        return [dict(r) for r in rows]
+
+
+def count_held(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        if current_version(conn) < 3:
+            return 0
+        query = sa.select(sa.func.count()).where(state.c.held_at.is_not(None))
+        return int(conn.execute(query).scalar_one())
 
 
 def read_history(engine: sa.Engine, key: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -3,7 +3,10 @@ here, and Supabase Storage read from its `storage.objects` table in `supabase_db
 
 Every backend returns paths relative to the storage root, `/`-separated and byte-exact
 (no Unicode normalisation: NFC and NFD names are different objects). A listing either
-completes or raises `StorageError`; an error is never reported as an empty folder.
+completes or raises `StorageError`; an error is never reported as an empty folder. In a
+listing of the whole tree (`iter_folders`), a fault of one portfolio folder (a file in its
+place, unreadable, a loop) comes as a `FolderFault` in that folder's place, so the bulk
+pass records it for that portfolio and goes on with the others.
 
 Local folders are listed with `os.scandir` rather than obstore's LocalStore: measured here
 it is ~10x faster on 100k files, and LocalStore silently skips names ending in `#<digits>`.
@@ -11,6 +14,7 @@ it is ~10x faster on 100k files, and LocalStore silently skips names ending in `
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 import stat
@@ -24,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from portfolio_sync.backends.folder_walker import WalkError, folder_names, walk
+from portfolio_sync.backends.folder_walker import WalkError, folder_names, list_folder
 from portfolio_sync.backends.folder_walker import folder_order as folder_order  # re-exported
 from portfolio_sync.config import SUPABASE_DB_SCHEME
 from portfolio_sync.errors import ConfigError, StorageError
-from portfolio_sync.models import ObjectInfo
+from portfolio_sync.models import ObjectInfo, RootProbe
 
 try:
     import fcntl
@@ -40,7 +44,14 @@ if TYPE_CHECKING:
 
     from portfolio_sync.config import Settings
 
-Group = tuple[str, list[ObjectInfo]]
+logger = logging.getLogger(__name__)
+
+
+class FolderFault(StorageError):
+    """One portfolio folder cannot be listed; an error of that portfolio, not of the pass."""
+
+
+Group = tuple[str, list[ObjectInfo] | FolderFault]
 
 
 class ObjectNotFound(StorageError):
@@ -64,12 +75,18 @@ class Storage(Protocol):
         """(name, objects) for each sub-folder of `prefix`, in `folder_order`.
 
         Objects at any depth of each folder are included; files directly in `prefix`
-        are not. Memory is bounded by one folder, not the tree.
+        are not. Memory is bounded by one folder, not the tree. A folder that cannot be
+        listed comes as (name, FolderFault); a failure of the whole listing raises.
         """
         ...
 
     def check(self) -> None:
         """Raise StorageError unless the root can be listed."""
+        ...
+
+    def probe(self, prefix: str) -> RootProbe:
+        """The root's device (local) and whether `prefix` holds anything, for the health
+        check before an emptying write; StorageError if the root is missing or silent."""
         ...
 
     def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
@@ -99,11 +116,17 @@ class SnapshotListing(Protocol):
 
 
 class LocalStorage:
-    """A folder on disk; the embedded default."""
+    """A folder on disk; the embedded default.
 
-    def __init__(self, root: Path) -> None:
+    `depth`: how many levels of sub-folders of a portfolio folder are read (None: all).
+    `skipped_names` counts names that were not valid UTF-8 (skipped, with a warning).
+    """
+
+    def __init__(self, root: Path, *, depth: int | None = None) -> None:
         self.root = root
+        self.depth = depth
         self.description = f"folder {root}"
+        self.skipped_names = 0
 
     def _dir(self, prefix: str) -> str:
         return os.path.join(self.root, *prefix.strip("/").split("/")) if prefix else str(self.root)
@@ -112,22 +135,84 @@ class LocalStorage:
         if not self.root.is_dir():
             raise StorageError(f"storage folder {self.root} does not exist or is not a folder")
 
+    def probe(self, prefix: str) -> RootProbe:
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            raise StorageError(f"storage folder {self.root} is not there: {exc.strerror}") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"storage folder {self.root} is not a folder")
+        try:
+            with os.scandir(self._dir(prefix)) as entries:
+                has_objects = next(entries, None) is not None
+        except FileNotFoundError:
+            has_objects = False
+        except OSError as exc:
+            raise StorageError(f"cannot list {self._dir(prefix)}: {exc.strerror}") from exc
+        return RootProbe(device=st.st_dev, has_objects=has_objects)
+
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         self.check()
-        return _list(self._dir(prefix), prefix)
+        return self._list(self._dir(prefix), prefix)
 
     def iter_folders(self, prefix: str) -> Iterator[Group]:
         self.check()
         top = self._dir(prefix)
         if _helper_usable() and _has_many_folders(top):
-            yield from _walk_in_helper(top, prefix)
+            yield from self._walk_in_helper(top, prefix)
             return
+        skipped: list[str] = []
         try:
-            names = folder_names(top)
+            names = folder_names(top, skipped)
         except WalkError as exc:
             raise StorageError(str(exc)) from exc
+        self._skipped(top, skipped)
         for name in names:
-            yield name, _list(os.path.join(top, name), f"{prefix}{name}/")
+            objects: list[ObjectInfo] | FolderFault
+            try:
+                objects = self._list(os.path.join(top, name), f"{prefix}{name}/")
+            except FolderFault as fault:
+                objects = fault
+            yield name, objects
+
+    def _list(self, directory: str, rel: str) -> list[ObjectInfo]:
+        """The files of one portfolio folder (see `folder_walker.list_folder`)."""
+        paths: list[str] = []
+        sizes: list[int] = []
+        mtimes: list[float] = []
+        skipped: list[str] = []
+        try:
+            list_folder(directory, rel, self.depth, paths, sizes, mtimes, skipped)
+        except WalkError as exc:
+            raise FolderFault(str(exc)) from exc
+        finally:
+            self._skipped(directory, skipped)
+        return make_objects(paths, sizes, mtimes)
+
+    def _skipped(self, folder: str, names: list[str]) -> None:
+        """Warn about names that are not valid UTF-8: no row can hold them as text."""
+        if not names:
+            return
+        self.skipped_names += len(names)
+        logger.warning(
+            "names that are not valid UTF-8 skipped",
+            extra={
+                "action": "names_skipped",
+                "folder": folder.encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "backslashreplace"
+                ),
+                "names": names[:20],
+                "count": len(names),
+            },
+        )
+
+    def _walk_in_helper(self, top: str, prefix: str) -> Iterator[Group]:
+        """`iter_folders(prefix)` of the folder `top`, listed ahead by folder_walker.py."""
+        depth = -1 if self.depth is None else self.depth
+        for name, objects, error, skipped in _helper_frames(top, prefix, depth):
+            self._skipped(os.path.join(top, name) if name else top, skipped)
+            if name:
+                yield name, objects if error is None else FolderFault(error)
 
     def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
         # Resolving (symlinks included) before the containment check is what stops `..`
@@ -189,18 +274,6 @@ def make_objects(paths: list[str], sizes: list[int], mtimes: list[float]) -> lis
     return objects
 
 
-def _list(directory: str, rel: str) -> list[ObjectInfo]:
-    """Every file under `directory` (see `folder_walker.walk`); errors raise."""
-    paths: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[float] = []
-    try:
-        walk(directory, rel, paths, sizes, mtimes)
-    except WalkError as exc:
-        raise StorageError(str(exc)) from exc
-    return make_objects(paths, sizes, mtimes)
-
-
 # From this many folders on, `iter_folders` lists them in a helper process (see
 # folder_walker.py) while the caller works on the folders already listed.
 HELPER_MIN_FOLDERS = 500
@@ -249,11 +322,14 @@ def _widen_pipe(fd: int) -> None:
             continue
 
 
-def _walk_in_helper(top: str, prefix: str) -> Iterator[Group]:
-    """`iter_folders(prefix)` of the folder `top`, listed ahead by folder_walker.py."""
+def _helper_frames(
+    top: str, prefix: str, depth: int
+) -> Iterator[tuple[str, list[ObjectInfo], str | None, list[str]]]:
+    """(name, objects, error, skipped names) per folder, from folder_walker.py's frames;
+    the name "" carries the skipped names of `top` itself."""
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", _WALKER, top, prefix],
+            [sys.executable, "-I", "-S", _WALKER, top, prefix, str(depth)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -285,8 +361,8 @@ def _walk_in_helper(top: str, prefix: str) -> Iterator[Group]:
                 return
             if kind == b"E":
                 raise StorageError(payload)
-            for name, paths, sizes, mtimes in payload:
-                yield name, make_objects(paths, sizes, mtimes)
+            for name, paths, sizes, mtimes, error, skipped in payload:
+                yield name, make_objects(paths, sizes, mtimes), error, skipped
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -367,6 +443,17 @@ class S3Storage:
         except Exception as exc:
             raise StorageError(f"cannot reach {self.description}: {exc}") from exc
 
+    def probe(self, prefix: str) -> RootProbe:
+        """One listing request: the first page of the prefix (its first object is enough)."""
+        import obstore
+
+        try:
+            for chunk in obstore.list(self._store, prefix=prefix or None, chunk_size=1):
+                return RootProbe(device=None, has_objects=bool(chunk))
+        except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
+            raise StorageError(f"cannot reach {self.description}: {exc}") from exc
+        return RootProbe(device=None, has_objects=False)
+
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         return [obj for page in self._pages(prefix) for obj in page]
 
@@ -436,8 +523,15 @@ def open_storage(settings: Settings, *, database: sa.Engine | None = None) -> St
             secret_access_key=settings.aws_secret_access_key,
             session_token=settings.aws_session_token,
         )
+    depth = None if settings.recursive else _depth(settings)
     if parts.scheme == "file":
-        return LocalStorage(Path(unquote(parts.path)))
+        return LocalStorage(Path(unquote(parts.path)), depth=depth)
     if parts.scheme and len(parts.scheme) > 1:
         raise ConfigError(f"unsupported storage URL {url!r}")
-    return LocalStorage(Path(url))
+    return LocalStorage(Path(url), depth=depth)
+
+
+def _depth(settings: Settings) -> int:
+    """Sub-folder levels of a portfolio folder that hold images when not recursive:
+    0 for `{key}/`, 1 for `{key}/before_images/`."""
+    return max(t.partition("{key}/")[2].count("/") for t in settings.collection_map().values())

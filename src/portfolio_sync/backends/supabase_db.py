@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from portfolio_sync.backends.storage import Group, ObjectNotFound, make_objects
 from portfolio_sync.errors import StorageError
-from portfolio_sync.models import ObjectInfo
+from portfolio_sync.models import ObjectInfo, RootProbe
 
 TABLE = "storage.objects"
 _FETCH = 20_000  # rows per round trip of the full scan's cursor
@@ -117,6 +117,17 @@ class SupabaseDbStorage:
                 "BYPASSRLS (Supabase's postgres role has it) or the table's owner"
             )
         self._live = " AND archived_at IS NULL AND NOT is_delete_marker" if versioned else ""
+
+    def probe(self, prefix: str) -> RootProbe:
+        """One indexed query: is there any current object under `prefix`?"""
+        sql, params = self._query(prefix)
+        with self._cursor() as cursor:
+            try:
+                cursor.execute(sql + " LIMIT 1", params)
+                found = cursor.fetchone()
+            except psycopg.Error as exc:
+                raise self._error("cannot list", exc, prefix) from exc
+        return RootProbe(device=None, has_objects=found is not None)
 
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         with self._cursor() as cursor:

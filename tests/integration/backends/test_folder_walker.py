@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from portfolio_sync.backends import storage
-from portfolio_sync.backends.storage import LocalStorage, folder_order
+from portfolio_sync.backends.storage import FolderFault, LocalStorage, folder_order
 from portfolio_sync.errors import StorageError
 
 
@@ -45,9 +45,15 @@ def _tree(root: Path) -> None:
     os.mkfifo(root / "2" / "fifo.jpg")
 
 
-def _listing(store: LocalStorage, prefix: str = "") -> list[tuple[str, list[tuple[str, int]]]]:
+def _listing(store: LocalStorage, prefix: str = "") -> list[tuple[str, object]]:
+    """(name, sorted (path, size) pairs), or (name, the fault's message)."""
     return [
-        (name, sorted((o.path, o.size) for o in objects))
+        (
+            name,
+            str(objects)
+            if isinstance(objects, FolderFault)
+            else sorted((o.path, o.size) for o in objects),
+        )
         for name, objects in store.iter_folders(prefix)
     ]
 
@@ -66,8 +72,13 @@ def test_the_helper_lists_exactly_what_the_process_lists(
     assert helped == inline
     names = [name for name, _ in inline]
     assert names == sorted(names, key=folder_order) and "a b" in names and "empty-folder" in names
+    assert not any("bad" in name for name in names)  # not UTF-8: skipped, with a warning
+    assert store.skipped_names == 2  # once per listing
+    faults = {name: found for name, found in inline if isinstance(found, str)}
+    assert faults == {"top-level.jpg": f"{tmp_path / 'top-level.jpg'} is not a folder"}
     # mtimes come through unchanged too
     one = dict(store.iter_folders(""))["1"]
+    assert not isinstance(one, FolderFault)
     assert {o.path: o.mtime for o in one} == {
         o.path: os.stat(tmp_path / o.path).st_mtime for o in one
     }
@@ -110,17 +121,18 @@ def test_a_helper_that_dies_is_a_storage_error(
         list(LocalStorage(tmp_path).iter_folders(""))
 
 
-def test_a_listing_error_in_the_helper_is_a_storage_error(
+def test_a_folder_that_cannot_be_listed_is_that_folders_fault_in_both_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key in range(3):
         (tmp_path / str(key)).mkdir()
+        (tmp_path / str(key) / "a.jpg").write_bytes(b"x")
     (tmp_path / "1" / "loop").symlink_to(tmp_path / "1" / "loop")  # ELOOP on stat
     monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 10**9)
-    with pytest.raises(StorageError) as inline:
-        list(LocalStorage(tmp_path).iter_folders(""))
+    inline = _listing(LocalStorage(tmp_path))
     monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
     monkeypatch.setattr(storage, "_cores", lambda: 2)
-    with pytest.raises(StorageError) as helped:
-        list(LocalStorage(tmp_path).iter_folders(""))
-    assert str(helped.value) == str(inline.value)
+    helped = _listing(LocalStorage(tmp_path))
+    assert helped == inline
+    assert inline[0] == ("0", [("0/a.jpg", 1)]) and inline[2] == ("2", [("2/a.jpg", 1)])
+    assert "cannot list" in str(inline[1][1]) and "symbolic links" in str(inline[1][1])
