@@ -5,7 +5,11 @@ to keep label cardinality fixed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from portfolio_sync.models import PassReport, SyncResult
 
@@ -59,12 +63,21 @@ class Metrics:
             "portfolio_sync_queue_pending", "Keys waiting to sync.", registry=r
         )
         self.queue_running = Gauge("portfolio_sync_queue_running", "Syncs running now.", registry=r)
+        self.held = Gauge(
+            "portfolio_sync_held_writes",
+            "Emptying writes held by the mass-deletion guard until an operator releases them.",
+            registry=r,
+        )
         self.retries = Counter(
             "portfolio_sync_retries",
             "Failed attempts that will be retried or given up.",
             ["reason"],
             registry=r,
         )
+
+    def count_skipped_names(self, read: Callable[[], int]) -> None:
+        """Export `read()` (names not valid UTF-8 skipped by listings) as a counter."""
+        self.registry.register(_SkippedNames(read))
 
     def sync_done(self, result: SyncResult, trigger: str) -> None:
         self.syncs.labels(trigger_kind(trigger), result.status).inc()
@@ -78,3 +91,17 @@ class Metrics:
         self.pass_timestamp.set(finished_at)
         self.orphans.set(len(report.orphans))
         self.rows_written.inc(len(report.changed))
+
+
+class _SkippedNames(Collector):
+    """A counter kept by the storage backend (it counts in threads without a registry)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "portfolio_sync_skipped_names",
+            "File and folder names skipped because they are not valid UTF-8.",
+            value=self.read(),
+        )

@@ -9,6 +9,9 @@ Events are hints: a sync requested by an event re-reads both sides. When storage
 events (the listing does not yet show a created object, or still shows a deleted one), the
 key is retried with backoff for a bounded time (`Expectations`); not with a storage read
 from `storage.objects`, which cannot lag the transaction that fired the event.
+
+Background sources run supervised: one that raises is logged (with its traceback, once per
+distinct error), reported down by `check_ready`, and restarted with backoff.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXPECT_SECONDS = 30.0  # how long a storage event may run ahead of the listing
+RESTART_INITIAL, RESTART_MAX = 0.5, 30.0  # backoff of a background source that failed
+HEALTHY_AFTER = 2.0  # seconds a restarted source must run before it counts as up again
 
 
 class SyncFailed(PortfolioSyncError):
@@ -139,12 +144,16 @@ class Runtime:
             )
         self.metrics.queue_pending.set_function(lambda: self.queue.pending)
         self.metrics.queue_running.set_function(lambda: len(self.queue.running))
+        storage = service.storage
+        if isinstance(storage, LocalStorage):
+            self.metrics.count_skipped_names(lambda: storage.skipped_names)
         self.watch = watch and isinstance(service.storage, LocalStorage)
         self.catch_up = catch_up
         self.outbox_interval = outbox_interval
         self.next_full_pass: datetime | None = None
         self.started_at = datetime.now(UTC)
         self._tasks: list[asyncio.Task[None]] = []
+        self.sources: dict[str, str] = {}  # background source -> "ok" or why it is down
         self._stop = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
@@ -163,11 +172,11 @@ class Runtime:
         await self.queue.start()
         if self.catch_up:
             await self.queue.request_all("startup")
-        self._spawn(self._schedule_loop(), "scheduler")
+        self._spawn(self._schedule_loop, "scheduler")
         if self.watch:
-            self._spawn(self._watch_loop(), "watcher")
+            self._spawn(self._watch_loop, "watcher")
         if await asyncio.to_thread(outbox.installed, self.service.catalog):
-            self._spawn(self._outbox_loop(), "outbox")
+            self._spawn(self._outbox_loop, "outbox")
         logger.info(
             "service started",
             extra={
@@ -187,8 +196,45 @@ class Runtime:
         dropped = await self.queue.stop(timeout=timeout)
         logger.info("service stopped", extra={"action": "service_stopped", "dropped": len(dropped)})
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"portfolio-sync-{name}"))
+    def _spawn(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+        self.sources[name] = "ok"
+        task = asyncio.create_task(self._supervise(loop, name), name=f"portfolio-sync-{name}")
+        self._tasks.append(task)
+
+    async def _supervise(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run `loop` until stop; when it raises (or ends by itself), report the source
+        down, log the error, and restart it with backoff."""
+        delay = RESTART_INITIAL
+        last_error = ""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            up = asyncio.get_running_loop().call_later(
+                HEALTHY_AFTER, self.sources.__setitem__, name, "ok"
+            )
+            try:
+                await loop()
+                if self._stop.is_set():
+                    return
+                raise RuntimeError(f"the {name} stopped by itself")
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                self.sources[name] = f"down: {error}"[:500]
+                if time.monotonic() - started > 60.0:
+                    delay = RESTART_INITIAL  # it ran for a while: a new failure
+                extra = {"action": "source_failed", "source": name, "retry_in": delay}
+                if error != last_error:  # the traceback once, not at every restart
+                    logger.error("background source failed, restarting", exc_info=exc, extra=extra)
+                else:
+                    logger.warning("background source failed again, restarting", extra=extra)
+                last_error = error
+            finally:
+                up.cancel()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+            delay = min(delay * 2.0, RESTART_MAX)
 
     # ---- intake -------------------------------------------------------------------------
     async def request(
@@ -258,6 +304,8 @@ class Runtime:
             self.metrics.pass_done(report, time.time())
             if report.aborted and report.errors:
                 raise SyncFailed(report.aborted)
+            for faulted in report.faulted:  # their own retries, with backoff
+                await self.request(faulted, "retry")
             return
         result = await asyncio.to_thread(rec.sync_one, key, trigger)
         self.metrics.sync_done(result, trigger)
@@ -379,10 +427,12 @@ class Runtime:
             "last_synced_at": state and state["last_synced_at"],
             "last_error": state and state["last_error"],
             "attempts": state["attempts"] if state else 0,
+            "held": _held(state),
         }
 
     def check_ready(self) -> dict[str, str]:
-        """ "ok" or the error, for the database and the storage (blocking)."""
+        """ "ok" or the problem, for the database, the storage, each background source,
+        and writes held by the streaming guard (blocking)."""
         checks: dict[str, str] = {}
         try:
             self.service.catalog.count_rows()
@@ -394,7 +444,39 @@ class Runtime:
             checks["storage"] = "ok"
         except PortfolioSyncError as exc:
             checks["storage"] = str(exc)
+        checks.update(self.sources)
+        held = self.refresh_held()
+        checks["held_writes"] = (
+            "ok"
+            if not held
+            else f"{held} emptying write(s) held by the mass-deletion guard: check storage, "
+            "then `portfolio-sync release`"
+        )
         return checks
+
+    def refresh_held(self) -> int:
+        """Count held writes into the metrics gauge (blocking); 0 if they cannot be read."""
+        try:
+            held = schema.count_held(self.service.catalog.engine)
+        except Exception:  # the database check above reports the outage itself
+            logger.warning("could not count held writes", extra={"action": "held_unknown"})
+            return 0
+        self.metrics.held.set(held)
+        return held
+
+
+def _held(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The write held for an operator, if any, as the HTTP API shows it."""
+    if not state or state.get("held_at") is None:
+        return None
+    write = state.get("held_write") or {}
+    return {
+        "at": state["held_at"],
+        "reason": state.get("held_reason"),
+        "trigger": write.get("trigger"),
+        "removed": write.get("removed", []),
+        "new": write.get("new", []),
+    }
 
 
 def storage_root(service: Service) -> Path | None:

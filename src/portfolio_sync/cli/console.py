@@ -63,9 +63,11 @@ def print_results(results: list[SyncResult], *, as_json: bool, diff: bool = Fals
         _print_change(r, diff=diff)
         if r.status != "changed":
             detail = f": {r.error}" if r.error else ""
-            label = {"missing": "no row and no folder", "orphan": "folder without a row"}.get(
-                r.status, r.status
-            )
+            label = {
+                "missing": "no row and no folder",
+                "orphan": "folder without a row",
+                "held": f"held (-{len(r.removed)})",
+            }.get(r.status, r.status)
             out.print(f"{r.key}: {label}{detail}")
 
 
@@ -131,6 +133,7 @@ def gather_status(svc: Service) -> dict[str, Any]:
         "schedule": svc.settings.schedule,
         "next_full_pass": next(iter(CronSim(svc.settings.schedule, now))).isoformat(),
         "errors": schema.read_errors(engine),
+        "held": schema.read_held(engine),
         "recent": schema.recent_history(engine, 10),
     }
 
@@ -161,9 +164,18 @@ def print_status(info: dict[str, Any], *, as_json: bool) -> None:
         f"{last['duration_ms'] / 1000:.2f} s)",
     )
     grid.add_row("keys with errors", str(len(info["errors"])))
+    grid.add_row("held writes", str(len(info["held"])))
     out.print(grid)
     for e in info["errors"]:
         out.print(f"  [red]{e['key']}[/] ({e['attempts']} attempts): {e['last_error']}")
+    if info["held"]:
+        out.print(
+            "[yellow]held by the mass-deletion guard[/] (check storage, then "
+            "`portfolio-sync release [KEY…]`):"
+        )
+        for h in info["held"]:
+            removed = len((h["held_write"] or {}).get("removed", []))
+            out.print(f"  [yellow]{h['key']}[/] since {str(h['held_at'])[:19]}: -{removed} images")
     if info["recent"]:
         table = Table("at", "key", "trigger", "+", "-", title="recent changes")
         for h in info["recent"]:

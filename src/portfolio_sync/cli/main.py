@@ -154,7 +154,7 @@ def sync(
         if keys:
             results = [svc.reconciler.sync_one(k, "manual", dry_run=dry_run) for k in keys]
             console.print_results(results, as_json=as_json)
-            failed = any(r.status in ("error", "conflict") for r in results)
+            failed = any(r.status in ("error", "conflict", "held") for r in results)
         else:
             report = console.run_pass(
                 svc, trigger="manual", dry_run=dry_run, force=force, quiet=as_json
@@ -183,8 +183,33 @@ def diff(
         else:
             report = console.run_pass(svc, trigger="diff", dry_run=True, quiet=as_json)
             console.print_report(report, as_json=as_json, diff=True)
-            differs, failed = bool(report.changed), bool(report.errors)
+            # a pass that would be refused is never "in sync", whatever else differs
+            differs = bool(report.changed) or report.aborted is not None
+            failed = bool(report.errors)
     raise typer.Exit(1 if failed or (exit_code and differs) else 0)
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Portfolio keys (default: every held write).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Apply emptying writes the mass-deletion guard held, after checking storage.
+
+    Each held portfolio is synced again: its row is re-read and its folder re-listed, and
+    the result is written through the usual compare-and-set, bypassing only the guard's
+    window (the storage root must still be healthy). Exits 1 if any sync failed.
+    """
+    with open_service(settings_of(ctx)) as svc:
+        held = schema.read_held(svc.catalog.engine, keys or None)
+        results = [svc.reconciler.sync_one(h["key"], "release", release=True) for h in held]
+    if not results and not as_json:
+        console.out.print("no held writes" + (f" for {', '.join(keys)}" if keys else ""))
+    console.print_results(results, as_json=as_json)
+    raise typer.Exit(1 if any(r.status in ("error", "conflict") for r in results) else 0)
 
 
 @app.command()

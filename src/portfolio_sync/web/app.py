@@ -37,8 +37,21 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    status: Literal["ok", "unavailable"]
-    checks: Annotated[dict[str, str], Field(description='"ok" or the error, per backend.')]
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: Annotated[
+        dict[str, str],
+        Field(description='"ok" or the problem: per backend, background source, held writes.'),
+    ]
+
+
+class Held(BaseModel):
+    """An emptying write the mass-deletion guard held for an operator."""
+
+    at: datetime
+    reason: str | None
+    trigger: str | None
+    removed: list[str]
+    new: Annotated[list[list[str]], Field(description="Per images column, what it would write.")]
 
 
 class Portfolio(BaseModel):
@@ -57,6 +70,9 @@ class Portfolio(BaseModel):
     last_synced_at: datetime | None
     last_error: str | None
     attempts: int
+    held: Annotated[
+        Held | None, Field(description="A write held for `portfolio-sync release`, if any.")
+    ] = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -174,6 +190,8 @@ def create_app(
         found = await asyncio.to_thread(runtime.portfolio, key)
         if found is None:
             raise PayloadError(f"no portfolio {key[:100]!r}: no row, no folder", status=404)
+        if found.get("held"):
+            found["held"] = {k: _aware(v) for k, v in found["held"].items()}
         return Portfolio.model_validate({k: _aware(v) for k, v in found.items()})
 
     @app.get(
@@ -191,14 +209,24 @@ def create_app(
         response_model=Ready,
         tags=["ops"],
         summary="Readiness",
-        responses={503: {"model": Ready, "description": "A backend is unavailable."}},
-        description="Reads the table and lists storage; 503 names what failed.",
+        responses={
+            503: {
+                "model": Ready,
+                "description": "A backend or background source is down (unavailable), or "
+                "writes are held by the mass-deletion guard (degraded).",
+            }
+        },
+        description="Reads the table, lists storage, reports the background sources "
+        "(watcher, outbox, scheduler) and held writes; 503 names what is wrong.",
     )
     async def readyz(response: Response) -> Ready:
         checks = await asyncio.to_thread(runtime.check_ready)
-        ok = all(v == "ok" for v in checks.values())
-        response.status_code = 200 if ok else 503
-        return Ready(status="ok" if ok else "unavailable", checks=checks)
+        failing = {name for name, value in checks.items() if value != "ok"}
+        response.status_code = 503 if failing else 200
+        status: Literal["ok", "degraded", "unavailable"] = (
+            "ok" if not failing else "degraded" if failing == {"held_writes"} else "unavailable"
+        )
+        return Ready(status=status, checks=checks)
 
     @app.get(
         "/metrics",
@@ -208,6 +236,7 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def metrics() -> Response:
+        await asyncio.to_thread(runtime.refresh_held)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     dashboard.install(app, runtime)
