@@ -30,7 +30,7 @@ from cronsim import CronSim
 
 from portfolio_sync.backends import outbox, schema
 from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
-from portfolio_sync.errors import PortfolioSyncError
+from portfolio_sync.errors import PortfolioSyncError, StorageError
 from portfolio_sync.feed import SyncFeed
 from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
@@ -174,7 +174,8 @@ class Runtime:
             await self.queue.request_all("startup")
         self._spawn(self._schedule_loop, "scheduler")
         if self.watch:
-            self._spawn(self._watch_loop, "watcher")
+            # events missed while the watcher was down are caught by a full pass
+            self._spawn(self._watch_loop, "watcher", on_restart=self._catch_up_after_restart)
         if await asyncio.to_thread(outbox.installed, self.service.catalog):
             self._spawn(self._outbox_loop, "outbox")
         logger.info(
@@ -196,17 +197,37 @@ class Runtime:
         dropped = await self.queue.stop(timeout=timeout)
         logger.info("service stopped", extra={"action": "service_stopped", "dropped": len(dropped)})
 
-    def _spawn(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+    def _spawn(
+        self,
+        loop: Callable[[], Awaitable[None]],
+        name: str,
+        *,
+        on_restart: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.sources[name] = "ok"
-        task = asyncio.create_task(self._supervise(loop, name), name=f"portfolio-sync-{name}")
+        task = asyncio.create_task(
+            self._supervise(loop, name, on_restart), name=f"portfolio-sync-{name}"
+        )
         self._tasks.append(task)
 
-    async def _supervise(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+    async def _supervise(
+        self,
+        loop: Callable[[], Awaitable[None]],
+        name: str,
+        on_restart: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         """Run `loop` until stop; when it raises (or ends by itself), report the source
-        down, log the error, and restart it with backoff."""
+        down, log the error, and restart it with backoff (calling `on_restart` first)."""
         delay = RESTART_INITIAL
         last_error = ""
+        first = True
         while not self._stop.is_set():
+            if not first and on_restart is not None:
+                try:
+                    await on_restart()
+                except Exception:
+                    logger.exception("restart hook failed", extra={"action": "restart_failed"})
+            first = False
             started = time.monotonic()
             up = asyncio.get_running_loop().call_later(
                 HEALTHY_AFTER, self.sources.__setitem__, name, "ok"
@@ -317,6 +338,9 @@ class Runtime:
                 f"storage does not show {len(waiting)} change(s) yet: {waiting[0]}"
             )
 
+    async def _catch_up_after_restart(self) -> None:
+        await self.queue.request_all("restart")
+
     def _requeue_from_thread(self, key: str) -> None:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(self.queue.request(key, "conflict"), self._loop)
@@ -340,9 +364,19 @@ class Runtime:
         storage = self.service.storage
         assert isinstance(storage, LocalStorage)
         root = str(storage.root.resolve())
+        identity = _identity(root)
         async for changes in awatch(
-            root, watch_filter=None, debounce=30, step=10, stop_event=self._stop, recursive=True
+            root,
+            watch_filter=None,
+            debounce=30,
+            step=10,
+            stop_event=self._stop,
+            recursive=True,
+            rust_timeout=1000,
+            yield_on_timeout=True,  # an empty batch every second: time to check the root
         ):
+            if _identity(root) != identity:  # inotify stays silent on a removed root
+                raise StorageError(f"the watched folder {root} was removed or replaced")
             keys: dict[str, dict[str, bool]] = {}
             for change, full in changes:
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -444,6 +478,8 @@ class Runtime:
             checks["storage"] = "ok"
         except PortfolioSyncError as exc:
             checks["storage"] = str(exc)
+        else:
+            checks["storage_root"] = self._root_health()
         checks.update(self.sources)
         held = self.refresh_held()
         checks["held_writes"] = (
@@ -454,6 +490,20 @@ class Runtime:
         )
         return checks
 
+    def _root_health(self) -> str:
+        """Whether an emptying write could go ahead now; an empty root is only a problem
+        while rows hold images (counted only then: it reads the whole table)."""
+        try:
+            self.service.reconciler.health.check(record=False)
+        except PortfolioSyncError as exc:
+            try:
+                if self.service.catalog.count_nonempty() == 0:
+                    return "ok"
+            except PortfolioSyncError:
+                pass  # the database check reports that
+            return str(exc)
+        return "ok"
+
     def refresh_held(self) -> int:
         """Count held writes into the metrics gauge (blocking); 0 if they cannot be read."""
         try:
@@ -463,6 +513,14 @@ class Runtime:
             return 0
         self.metrics.held.set(held)
         return held
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _held(state: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -125,8 +125,9 @@ class StreamingGuard:
     `window` seconds, the writes admitted so far plus this one are measured against the
     full pass's thresholds, with the rows that were non-empty before the window as the
     denominator (non-empty now, plus those emptied in it). Admitted writes are recorded in
-    `portfolio_sync_emptying`; on PostgreSQL an advisory lock makes count-and-record
-    atomic across processes.
+    `portfolio_sync_emptying`. Count-and-record is atomic: a lock between the threads of
+    a process, and between processes an advisory lock (PostgreSQL) or the write lock that
+    the transaction's first statement, a DELETE, takes (SQLite).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class StreamingGuard:
         self.engine = engine
         self.count_nonempty = count_nonempty
         self.window = window
+        self._lock = threading.Lock()
 
     def admit(self, key: str) -> str | None:
         """None when the write may go ahead (it is counted); else why it is held."""
@@ -148,11 +150,12 @@ class StreamingGuard:
         since = now - timedelta(seconds=self.window)
         nonempty = self.count_nonempty()
         table = schema.emptying
-        with self.engine.begin() as conn:
+        with self._lock, self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(hashtext('portfolio_sync_emptying'))")
                 )
+            conn.execute(sa.delete(table).where(table.c.at <= since))
             emptied = int(
                 conn.execute(
                     sa.select(sa.func.count()).select_from(table).where(table.c.at > since)
@@ -166,6 +169,5 @@ class StreamingGuard:
                     f"({self.guard.max_share:.0%} of {before} non-empty rows, at least "
                     f"{self.guard.min_rows}); check storage, then `portfolio-sync release`"
                 )
-            conn.execute(sa.delete(table).where(table.c.at <= since))
             conn.execute(sa.insert(table).values(key=key, at=now))
         return None
