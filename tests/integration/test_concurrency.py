@@ -7,10 +7,13 @@ stress test interleaves uploads, `sync_one` and `sync_all` in threads at random.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from collections.abc import Iterator
+
+import sqlalchemy as sa
 
 from portfolio_sync.backends.storage import Storage
 from portfolio_sync.models import ObjectInfo
@@ -93,8 +96,44 @@ def test_stale_sync_one_retries_instead_of_overwriting(world: World) -> None:
     assert "1/new.jpg" in (world.images(1) or [])
 
 
-def test_random_interleaving_leaves_no_stale_row(world: World) -> None:
+def _log_every_update(world: World) -> None:
+    """A trigger recording each UPDATE of the images column: (key, old, new) as JSON."""
+    world.execute("CREATE TABLE image_log (key TEXT, old TEXT, new TEXT)")
+    if world.postgres:
+        world.execute(
+            "CREATE FUNCTION log_images() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO image_log VALUES (NEW.id::text, array_to_json(OLD.images)::text, "
+            "array_to_json(NEW.images)::text); RETURN NEW; END $$"
+        )
+        world.execute(
+            "CREATE TRIGGER log_images AFTER UPDATE ON portfolios "
+            "FOR EACH ROW EXECUTE FUNCTION log_images()"
+        )
+    else:
+        world.execute(
+            "CREATE TRIGGER log_images AFTER UPDATE ON portfolios BEGIN "
+            "INSERT INTO image_log VALUES (NEW.id, OLD.images, NEW.images); END"
+        )
+
+
+def _shrinking_updates(world: World) -> list[tuple[str, list[str], list[str]]]:
+    with world.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT key, old, new FROM image_log")).all()
+    shrunk = []
+    for key, old, new in rows:
+        before, after = json.loads(old or "[]") or [], json.loads(new or "[]") or []
+        if not set(before) <= set(after):
+            shrunk.append((str(key), before, after))
+    return shrunk
+
+
+def test_random_interleaving_never_replaces_a_newer_value(world: World) -> None:
+    """Uploads only add files, so every listing contains the ones before it: a write that
+    drops an image can only come from an older listing replacing a newer row. A trigger
+    records every update; none may shrink a row. The syncers are stopped before the final
+    comparison, so nothing repairs a stale write behind the test's back."""
     world.create_table()
+    _log_every_update(world)
     keys = [1, 2, 3]
     for key in keys:
         world.insert(key, None)
@@ -114,24 +153,25 @@ def test_random_interleaving_leaves_no_stale_row(world: World) -> None:
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=syncer, args=(i == 0,)) for i in range(3)]
+        threads = [threading.Thread(target=syncer, args=(i < 2,)) for i in range(5)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        for i in range(60):
+        deadline = time.monotonic() + 40
+        for i in range(150):
             key = rng.choice(keys)
             world.put(f"{key}/img{i}.jpg")
             time.sleep(rng.random() * 0.01)
             assert time.monotonic() < deadline
-        # One sync per key that starts after the last upload; stale ones may still run.
-        for key in keys:
-            svc.reconciler.sync_one(str(key), "final")
-        time.sleep(0.3)
         stop.set()
         for t in threads:
             t.join(30)
+            assert not t.is_alive()
         assert not errors
+        assert _shrinking_updates(world) == []
+        for key in keys:  # alone now: one sync per key brings it up to date
+            svc.reconciler.sync_one(str(key), "final")
     with world.service() as svc:  # compare with the storage listing itself
         for key in keys:
             listing = sorted(o.path for o in svc.storage.list_prefix(f"{key}/"))
             assert sorted(world.images(key) or []) == listing
+    assert _shrinking_updates(world) == []
