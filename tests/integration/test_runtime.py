@@ -6,6 +6,8 @@ Real SQLite files / PostgreSQL, real folders / moto S3, the real asyncio runtime
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -200,3 +202,35 @@ async def test_burst_for_one_key_costs_a_handful_of_syncs(world: World, burst: i
         )
         assert 1 <= syncs <= 5
         assert len(world.images(9) or []) == 10
+
+
+async def test_a_watcher_that_raises_is_logged_once_restarted_and_catches_up(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """watchfiles raises on a name that is not UTF-8 (and the watcher task used to die
+    silently). Supervised, it is reported down, restarted with backoff, its traceback
+    logged once for repeated failures, and a full pass catches up what it missed."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    world = World(kind="sqlite-folder", database_url=f"sqlite:///{tmp_path / 'app.db'}", root=root)
+    world.create_table()
+    world.insert(1, None)
+    world.put("1/a.jpg")
+    caplog.set_level(logging.WARNING, logger="portfolio_sync.runtime")
+    try:
+        async with running(world, watch=True) as runtime:
+            for attempt in range(2):
+                await eventually(lambda: runtime.sources["watcher"] == "ok", 20)
+                bad = os.path.join(os.fsencode(root / "1"), b"bad\xff%d.jpg" % attempt)
+                with open(bad, "wb") as handle:
+                    handle.write(b"x" * 10)
+                await eventually(lambda: runtime.sources["watcher"].startswith("down"), 20)
+            world.put("1/b.jpg")  # the watcher is down or restarting: the catch-up sees it
+            await eventually(lambda: world.images(1) == ["1/a.jpg", "1/b.jpg"], 20)
+            await eventually(lambda: runtime.sources["watcher"] == "ok", 20)
+            assert runtime.check_ready()["watcher"] == "ok"
+    finally:
+        world.close()
+    failures = [r for r in caplog.records if getattr(r, "action", "") == "source_failed"]
+    assert len(failures) >= 2 and all(r.source == "watcher" for r in failures)  # type: ignore[attr-defined]
+    assert [r.exc_info is not None for r in failures][:2] == [True, False]
