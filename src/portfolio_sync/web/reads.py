@@ -66,10 +66,11 @@ def facts(runtime: Runtime) -> dict[str, Any]:
     catalog = runtime.service.catalog
     try:
         failing = schema.count_errors(catalog.engine)
+        held = schema.count_held(catalog.engine)
         panels = [(panel, panel.read(catalog.engine)) for panel in PANELS]
     except sa.exc.SQLAlchemyError as exc:
         raise CatalogError(f"cannot read the status tables: {exc}") from exc
-    return {"rows": catalog.count_rows(), "failing": failing, "panels": panels}
+    return {"rows": catalog.count_rows(), "failing": failing, "held": held, "panels": panels}
 
 
 async def portfolios(runtime: Runtime, keys: list[str]) -> list[dict[str, Any]]:
