@@ -255,7 +255,7 @@ class Reconciler:
                 (report.errors if result.status == "error" else report.changed).append(result)
         report.duration_ms = _ms(started)
         if not dry_run and report.aborted is None:
-            self.health.remember_device()
+            self.health.remember_device(replace=force)  # --force accepts a new device
             schema.put_meta(
                 self.catalog.engine,
                 "last_full_pass",
@@ -308,6 +308,7 @@ class _Merge:
         self.emptying: list[Plan] = []
         self.nonempty_before = 0
         self.conflicts: list[str] = []
+        self.root_checked = False
 
     def run(
         self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo] | FolderFault]]
@@ -368,6 +369,9 @@ class _Merge:
         if change.empties:
             self.emptying.append(change)
             return
+        if change.drastic and not self.root_checked:  # removes most of a row: root first
+            self.rec.health.check(record=not self.dry_run)
+            self.root_checked = True
         self.batch.append(change)
         if len(self.batch) >= self.rec.batch_size:
             self.flush()

@@ -92,7 +92,7 @@ class RootHealth:
                         "the new device"
                     )
                 if allow_empty and record and recorded.get("device") != probe.device:
-                    self.remember_device()
+                    self.remember_device(replace=True)
             elif probe.has_objects and record:
                 self.remember_device()
         if not probe.has_objects and not allow_empty:
@@ -104,10 +104,16 @@ class RootHealth:
         with self._lock:
             self._healthy_until = time.monotonic() + self.cache_seconds
 
-    def remember_device(self) -> None:
-        """Record the device of a local root (first sync, or an operator's --force)."""
+    def remember_device(self, *, replace: bool = False) -> None:
+        """Record the device of a local root when none is recorded for it (its first
+        sync); `replace` (an operator's --force) records the current one whatever it was.
+        Never replaced silently: a pass over a stale copy on another device must not make
+        that device the expected one."""
         root = self._root()
         if root is None:
+            return
+        recorded = schema.get_meta(self.engine, _DEVICE_META)
+        if not replace and isinstance(recorded, dict) and recorded.get("root") == root:
             return
         probe = self.storage.probe(self.prefix)
         if probe.device is not None and probe.has_objects:
