@@ -234,3 +234,40 @@ async def test_a_watcher_that_raises_is_logged_once_restarted_and_catches_up(
     failures = [r for r in caplog.records if getattr(r, "action", "") == "source_failed"]
     assert len(failures) >= 2 and all(r.source == "watcher" for r in failures)  # type: ignore[attr-defined]
     assert [r.exc_info is not None for r in failures][:2] == [True, False]
+
+
+async def test_a_folder_fault_in_the_full_pass_is_retried_for_that_key(tmp_path: Any) -> None:
+    """A file where folder 2 should be: the catch-up pass writes the other rows, records
+    the fault on key 2 and hands it to the queue, whose retries (with backoff) pick the
+    folder up once it is one again; no full pass is needed for that."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    world = World(kind="sqlite-folder", database_url=f"sqlite:///{tmp_path / 'app.db'}", root=root)
+    world.create_table()
+    for key in (1, 2, 3):
+        world.insert(key, [f"{key}/a.jpg"])
+    world.put("1/a.jpg")
+    world.put("1/b.jpg")
+    world.put("3/a.jpg")
+    (root / "2").write_bytes(b"not a folder")
+    try:
+        with world.service(debounce=0.05) as svc:
+            runtime = Runtime(svc, watch=False)
+            async with runtime:
+                await eventually(lambda: world.images(1) == ["1/a.jpg", "1/b.jpg"], 20)
+                sample = runtime.metrics.registry.get_sample_value
+                await eventually(
+                    lambda: (sample("portfolio_sync_retries_total", {"reason": "error"}) or 0) >= 1
+                )
+                state = schema.read_state(svc.catalog.engine, "2")
+                assert state is not None and "is not a folder" in state["last_error"]
+                assert world.images(2) == ["2/a.jpg"]
+                (root / "2").unlink()
+                world.put("2/a.jpg")
+                world.put("2/c.jpg")
+                await eventually(lambda: world.images(2) == ["2/a.jpg", "2/c.jpg"], 30)
+                assert (
+                    sample("portfolio_sync_full_passes_total", {"outcome": "ok"}) == 1
+                )  # catch-up
+    finally:
+        world.close()

@@ -170,8 +170,8 @@ def print_status(info: dict[str, Any], *, as_json: bool) -> None:
         out.print(f"  [red]{e['key']}[/] ({e['attempts']} attempts): {e['last_error']}")
     if info["held"]:
         out.print(
-            "[yellow]held by the mass-deletion guard[/] (check storage, then "
-            "`portfolio-sync release [KEY…]`):"
+            "[yellow]held by the mass-deletion guard[/] "
+            "(check storage, then run `portfolio-sync release`):"
         )
         for h in info["held"]:
             removed = len((h["held_write"] or {}).get("removed", []))
