@@ -480,6 +480,7 @@ class Runtime:
             checks["storage"] = str(exc)
         else:
             checks["storage_root"] = self._root_health()
+        checks["queue"] = self.queue.health()
         checks.update(self.sources)
         held = self.refresh_held()
         checks["held_writes"] = (

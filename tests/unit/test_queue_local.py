@@ -513,3 +513,27 @@ async def test_satisfies_the_work_queue_protocol_and_error_tree() -> None:
 async def test_rejects_invalid_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         LocalQueue(Recorder(), **kwargs)
+
+
+async def test_health_reports_a_worker_that_ended() -> None:
+    """A runner raising a BaseException (here CancelledError from inside the run) ends
+    its worker task: /readyz must be able to tell, rather than the queue going quiet."""
+
+    async def run(key: str, trigger: str) -> None:
+        if key == "bad":
+            raise asyncio.CancelledError()
+
+    queue = LocalQueue(run, workers=2)
+    await queue.start()
+    try:
+        assert queue.health() == "ok"
+        await queue.request("good", "test")
+        await queue.request("bad", "test")
+        for _ in range(200):
+            if queue.health() != "ok":
+                break
+            await asyncio.sleep(0.01)
+        assert queue.health() == "down: 1 of 2 workers stopped"
+    finally:
+        await queue.stop(timeout=0.5)
+    assert queue.health() == "ok"  # stopped on purpose: nothing to report

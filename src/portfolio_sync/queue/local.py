@@ -154,6 +154,13 @@ class LocalQueue:
         """Keys being synced right now."""
         return frozenset(k for k, e in self._entries.items() if e.state == "running")
 
+    def health(self) -> str:
+        """ "ok", or how many worker tasks ended (for /readyz): they never should."""
+        stopped = sum(1 for task in self._workers if task.done())
+        if stopped and not self._closed:
+            return f"down: {stopped} of {len(self._workers)} workers stopped"
+        return "ok"
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

@@ -189,6 +189,7 @@ class ProcrastinateQueue:
         self._timers: set[asyncio.TimerHandle] = set()
         self._open_lock = asyncio.Lock()
         self._recent: dict[str, tuple[float, int]] = {}  # key -> (last job due at, streak)
+        self._worker_state = "ok"
 
     # ---- tasks --------------------------------------------------------------------------
     def _register_tasks(self) -> None:
@@ -355,6 +356,10 @@ class ProcrastinateQueue:
         """Keys being synced by this process right now."""
         return frozenset(self._running)
 
+    def health(self) -> str:
+        """ "ok", or why this process's worker is not taking jobs (for /readyz)."""
+        return self._worker_state
+
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Open the pool (creating procrastinate's schema if missing) and run the worker."""
@@ -508,6 +513,7 @@ class ProcrastinateQueue:
         """
         delay = 1.0
         while True:
+            self._worker_state = "ok"
             try:
                 await self.app.run_worker_async(
                     queues=[QUEUE],
@@ -523,11 +529,14 @@ class ProcrastinateQueue:
                     stalled_worker_timeout=self.options.stall_timeout,
                 )
                 logger.error("worker ended, restarting", extra={"action": "worker_restart"})
+                self._worker_state = "down: the worker ended by itself; restarting"
             except Exception as exc:
                 logger.error(
                     "worker failed, restarting",
+                    exc_info=exc,
                     extra={"action": "worker_failed", "error": repr(exc), "retry_in": delay},
                 )
+                self._worker_state = f"down: {type(exc).__name__}: {exc}"[:500]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -537,7 +546,7 @@ class ProcrastinateQueue:
             await asyncio.sleep(interval)
             try:
                 await self.retry_stalled()
-            except pexc.ProcrastinateException as exc:
+            except Exception as exc:  # a lost connection must not end the loop
                 logger.warning(
                     "stalled-job check failed",
                     extra={"action": "stall_check_failed", "error": repr(exc)},
@@ -549,6 +558,10 @@ class ProcrastinateQueue:
 
     async def _refresh_pending(self) -> None:
         while True:
-            with contextlib.suppress(pexc.ProcrastinateException):
+            try:
                 self._pending = await self._jobs.count("todo")
+            except Exception as exc:  # a lost connection must not end the loop
+                logger.debug(
+                    "pending count failed", extra={"action": "pending_failed", "error": repr(exc)}
+                )
             await asyncio.sleep(2.0)
