@@ -295,7 +295,14 @@ class Runtime:
                 added=[],
                 removed=list(old_images or []),
             )
-            objects = self.service.storage.list_prefix(self.layout.folder(key))
+            try:
+                objects = self.service.storage.list_prefix(self.layout.folder(key))
+            except StorageError as exc:  # the deletion is recorded; the orphan check can wait
+                logger.warning(
+                    "could not check a deleted row's folder",
+                    extra={"action": "orphan_unknown", "key": key, "error": str(exc)},
+                )
+                return False
             return bool(objects)
 
         orphan = await asyncio.to_thread(work)
