@@ -91,6 +91,7 @@ class PassReport:
     errors: list[SyncResult] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     faulted: list[str] = field(default_factory=list)  # keys whose folder could not be listed
+    held: list[str] = field(default_factory=list)  # held writes left for an operator
     aborted: str | None = None
     dry_run: bool = False
     rows: int = 0

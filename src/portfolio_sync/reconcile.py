@@ -235,7 +235,9 @@ class Reconciler:
         """
         started = time.perf_counter()
         report = PassReport(dry_run=dry_run)
-        merge = _Merge(self, report, trigger=trigger, dry_run=dry_run, progress=progress)
+        # writes held for an operator stay held: only --force (or `release`) applies them
+        held = set() if force else {h["key"] for h in schema.read_held(self.catalog.engine)}
+        merge = _Merge(self, report, trigger=trigger, dry_run=dry_run, progress=progress, held=held)
         try:
             with self.catalog.stream_rows() as rows:
                 folders = self.storage.iter_folders(self.layout.prefix)
@@ -298,8 +300,10 @@ class _Merge:
         trigger: str,
         dry_run: bool,
         progress: Callable[[int], None] | None,
+        held: set[str],
     ) -> None:
         self.rec = rec
+        self.held = held
         self.report = report
         self.trigger = trigger
         self.dry_run = dry_run
@@ -365,6 +369,9 @@ class _Merge:
         change = plan(row, layout.select(row.key, objects), layout)
         if change is None:
             report.unchanged += 1
+            return
+        if change.drastic and change.key in self.held:
+            report.held.append(change.key)
             return
         if change.empties:
             self.emptying.append(change)

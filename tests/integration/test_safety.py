@@ -97,6 +97,9 @@ def test_emptying_writes_past_the_guard_are_held_until_released(world: World) ->
         assert released.status == "changed" and world.images(7) == []
         still = [h["key"] for h in schema.read_held(svc.catalog.engine)]
         assert still == ["5", "6", "8", "9", "10"]
+        unforced = svc.reconciler.sync_all("test")  # e.g. the scheduled pass
+        assert unforced.ok and sorted(unforced.held, key=int) == still and not unforced.changed
+        assert world.writes() == 5
         assert svc.reconciler.sync_all("test", force=True).ok
         assert schema.read_held(svc.catalog.engine) == []
     assert world.writes() == 10

@@ -95,6 +95,7 @@ def print_report(report: PassReport, *, as_json: bool, diff: bool = False) -> No
                 "orphans": report.orphans,
                 "errors": [_result_dict(r) for r in report.errors],
                 "conflicts": report.conflicts,
+                "held": report.held,
                 "aborted": report.aborted,
                 "duration_ms": round(report.duration_ms, 1),
             }
@@ -107,6 +108,9 @@ def print_report(report: PassReport, *, as_json: bool, diff: bool = False) -> No
     if report.orphans:
         shown = ", ".join(report.orphans[:10]) + (" …" if len(report.orphans) > 10 else "")
         out.print(f"orphan folders (no row): {shown}")
+    if report.held:
+        shown = ", ".join(report.held[:10]) + (" …" if len(report.held) > 10 else "")
+        err.print(f"[yellow]held writes left for `portfolio-sync release`:[/] {shown}")
     if report.aborted:
         err.print(f"[red bold]aborted:[/] {report.aborted}")
     verb = "would change" if report.dry_run else "changed"
