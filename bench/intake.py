@@ -116,9 +116,7 @@ def _local_put(root: Path) -> Callable[[list[str]], None]:
 
 
 @contextlib.contextmanager
-def _moto(
-    ctx: Context, tree_objects: list[str]
-) -> Iterator[tuple[str, Callable[[list[str]], None]]]:
+def _moto(tree_objects: list[str]) -> Iterator[tuple[str, Callable[[list[str]], None]]]:
     from tests.servers import MotoServer, S3Target
 
     server = MotoServer()
