@@ -34,6 +34,7 @@ class Sizes:
     # webhook intake (intake.py): requests per second, seconds of each recorded run
     intake_rate: float = 1_000.0
     intake_seconds: float = 10.0
+    s3_scale: int = 20_000  # portfolios of the S3-at-scale full pass (list-only server)
 
 
 SCALES = {
@@ -60,6 +61,7 @@ SCALES = {
         workers_syncs=1_000,
         workers_seconds=20.0,
         supabase=100_000,
+        s3_scale=100_000,
     ),
     # A quick pass over every scenario, to check the suite itself (not for results).
     "smoke": Sizes(
@@ -78,6 +80,7 @@ SCALES = {
         supabase=500,
         intake_rate=200.0,
         intake_seconds=3.0,
+        s3_scale=2_000,
     ),
 }
 

@@ -27,6 +27,7 @@ import intake  # noqa: E402
 import live  # noqa: E402
 import report  # noqa: E402
 import s3bench  # noqa: E402
+import s3scale  # noqa: E402
 import supabasedb  # noqa: E402
 import workers  # noqa: E402
 from context import SCALES, Context, size_label  # noqa: E402
@@ -43,6 +44,7 @@ SCENARIOS = (
     "live",
     "workers",
     "intake",
+    "s3scale",
 )
 BENCH_DB_ENV = "PORTFOLIO_SYNC_BENCH_DATABASE_URL"
 
@@ -194,6 +196,9 @@ def main() -> int:
                 ctx.drop_dataset("workers")
             else:
                 print("  no PostgreSQL: skipped", flush=True)
+        if "s3scale" in only:
+            print("== S3 at scale (list-only server, 30 ms per request)", flush=True)
+            s3scale.s3scale(ctx)
         if "intake" in only:
             print("== webhook intake", flush=True)
             intake.intake(ctx)
