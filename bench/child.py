@@ -16,6 +16,8 @@ Tasks (`kind`):
   main process runs the SELECT (ours lists in a helper process too).
 - `per_key`: `sync_one` latency (a no-op, after an upload, after a deletion) on given keys
   of a `supabase-db://` bucket, uploads being `storage.objects` rows.
+- `listing`: the product's full-pass listing alone (`iter_folders`), optionally with
+  `list_workers` (S3: 1 = one sequence of pages).
 - `seed`: the seed's cron: read the table, then for each portfolio list its folder (one
   storage request each, with the product's storage backend) and UPDATE its row when the
   rendered listing differs (one UPDATE statement per differing row, each committed on its
@@ -156,6 +158,20 @@ def _list_and_send(task: dict[str, Any], conn: Any) -> None:
     conn.close()
 
 
+def listing(task: dict[str, Any]) -> dict[str, Any]:
+    """The product's full-pass listing alone (`Storage.iter_folders`), no table: on S3,
+    `list_workers` 1 lists in one sequence of pages, the default in parallel key ranges."""
+    from portfolio_sync.backends.storage import open_storage
+
+    storage = open_storage(_settings(task))
+    if "list_workers" in task:
+        storage.list_workers = int(task["list_workers"])  # type: ignore[attr-defined]
+    started, cpu = time.perf_counter(), time.process_time()
+    objects = sum(len(found) for _, found in storage.iter_folders(""))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "objects": objects}
+
+
 def floor2(task: dict[str, Any]) -> dict[str, Any]:
     """The floor on two cores: the listing in a forked helper process (started inside the
     clock, as the product's listing helper is) while this process reads the table. The
@@ -272,7 +288,14 @@ def main() -> None:
     for path in reversed(task.get("pythonpath", [])):
         sys.path.insert(0, path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    kinds = {"ours": ours, "floor": floor, "floor2": floor2, "seed": seed, "per_key": per_key}
+    kinds = {
+        "ours": ours,
+        "floor": floor,
+        "floor2": floor2,
+        "seed": seed,
+        "per_key": per_key,
+        "listing": listing,
+    }
     result = kinds[task["kind"]](task)
     result["maxrss_kb"] = peak_rss_kb()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
