@@ -12,8 +12,12 @@ Tasks (`kind`):
   paginated obstore listing of the bucket plus the same SELECT; for `supabase-db://`, one
   ordered `SELECT name` of the bucket's `storage.objects` rows (psycopg, fetchall) plus
   the same SELECT.
+- `floor2`: the floor on two cores: the same listing in a forked helper process while the
+  main process runs the SELECT (ours lists in a helper process too).
 - `per_key`: `sync_one` latency (a no-op, after an upload, after a deletion) on given keys
   of a `supabase-db://` bucket, uploads being `storage.objects` rows.
+- `listing`: the product's full-pass listing alone (`iter_folders`), optionally with
+  `list_workers` (S3: 1 = one sequence of pages).
 - `seed`: the seed's cron: read the table, then for each portfolio list its folder (one
   storage request each, with the product's storage backend) and UPDATE its row when the
   rendered listing differs (one UPDATE statement per differing row, each committed on its
@@ -106,41 +110,88 @@ def _engine(url: str) -> Any:
     return engine
 
 
-def floor(task: dict[str, Any]) -> dict[str, Any]:
-    engine = _engine(task["database_url"])
+def _listing(task: dict[str, Any], engine: Any) -> list[Any]:
+    """The floor's listing: one recursive scandir + stat, one paginated S3 listing, or one
+    ordered SELECT of the bucket's `storage.objects` rows."""
     if task["storage_url"].startswith("s3://"):
         import obstore
 
         from portfolio_sync.backends.storage import open_storage
 
         store = open_storage(_settings(task))._store  # type: ignore[attr-defined]
-        started, cpu = time.perf_counter(), time.process_time()
-        objects = [
+        return [
             (m["path"], m["size"], m["last_modified"])
             for chunk in obstore.list(store, chunk_size=1000)
             for m in chunk
         ]
-    elif task["storage_url"].startswith("supabase-db://"):
+    if task["storage_url"].startswith("supabase-db://"):
         bucket = task["storage_url"].removeprefix("supabase-db://")
         raw = engine.raw_connection()
-        started, cpu = time.perf_counter(), time.process_time()
-        cursor = raw.cursor()
-        cursor.execute(
-            'SELECT name FROM storage.objects WHERE bucket_id = %s ORDER BY name COLLATE "C"',
-            (bucket,),
-        )
-        objects = cursor.fetchall()
-        raw.close()
-    else:
-        started, cpu = time.perf_counter(), time.process_time()
-        files: list[tuple[str, int, float]] = []
-        _scan(task["storage_url"], files)
-        objects = files  # type: ignore[assignment]
+        try:
+            cursor = raw.cursor()
+            cursor.execute(
+                'SELECT name FROM storage.objects WHERE bucket_id = %s ORDER BY name COLLATE "C"',
+                (bucket,),
+            )
+            return list(cursor.fetchall())
+        finally:
+            raw.close()
+    files: list[tuple[str, int, float]] = []
+    _scan(task["storage_url"], files)
+    return files
+
+
+def floor(task: dict[str, Any]) -> dict[str, Any]:
+    engine = _engine(task["database_url"])
+    started, cpu = time.perf_counter(), time.process_time()
+    objects = _listing(task, engine)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT id, images FROM portfolios").fetchall()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     return {"seconds": seconds, "cpu": cpu, "objects": len(objects), "rows": len(rows)}
+
+
+def _list_and_send(task: dict[str, Any], conn: Any) -> None:
+    engine = _engine(task["database_url"]) if task["storage_url"].startswith("supabase") else None
+    conn.send(len(_listing(task, engine)))
+    conn.close()
+
+
+def listing(task: dict[str, Any]) -> dict[str, Any]:
+    """The product's full-pass listing alone (`Storage.iter_folders`), no table: on S3,
+    `list_workers` 1 lists in one sequence of pages, the default in parallel key ranges."""
+    from portfolio_sync.backends.storage import open_storage
+
+    storage = open_storage(_settings(task))
+    if "list_workers" in task:
+        storage.list_workers = int(task["list_workers"])  # type: ignore[attr-defined]
+    started, cpu = time.perf_counter(), time.process_time()
+    objects = sum(len(found) for _, found in storage.iter_folders(""))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "objects": objects}
+
+
+def floor2(task: dict[str, Any]) -> dict[str, Any]:
+    """The floor on two cores: the listing in a forked helper process (started inside the
+    clock, as the product's listing helper is) while this process reads the table. The
+    listing is not shipped back (only its count), so this is a floor: ours also pays for
+    moving the listing between processes and comparing it with the rows."""
+    import multiprocessing
+
+    engine = _engine(task["database_url"])
+    fork = multiprocessing.get_context("fork")
+    receive, send = fork.Pipe(duplex=False)
+    started, cpu = time.perf_counter(), time.process_time()
+    helper = fork.Process(target=_list_and_send, args=(task, send))
+    helper.start()
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, images FROM portfolios").fetchall()
+    objects = receive.recv()
+    helper.join()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.dispose()
+    return {"seconds": seconds, "cpu": cpu, "objects": objects, "rows": len(rows)}
 
 
 def seed(task: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +288,15 @@ def main() -> None:
     for path in reversed(task.get("pythonpath", [])):
         sys.path.insert(0, path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {"ours": ours, "floor": floor, "seed": seed, "per_key": per_key}[task["kind"]](task)
+    kinds = {
+        "ours": ours,
+        "floor": floor,
+        "floor2": floor2,
+        "seed": seed,
+        "per_key": per_key,
+        "listing": listing,
+    }
+    result = kinds[task["kind"]](task)
     result["maxrss_kb"] = peak_rss_kb()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU of helper processes (the product's folder listing helper), to report total CPU

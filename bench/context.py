@@ -31,6 +31,10 @@ class Sizes:
     workers_syncs: int = 500
     workers_seconds: float = 6.0
     supabase: int = 10_000  # portfolios of the supabase-db (storage.objects) full pass
+    # webhook intake (intake.py): requests per second, seconds of each recorded run
+    intake_rate: float = 1_000.0
+    intake_seconds: float = 10.0
+    s3_scale: int = 20_000  # portfolios of the S3-at-scale full pass (list-only server)
 
 
 SCALES = {
@@ -57,6 +61,7 @@ SCALES = {
         workers_syncs=1_000,
         workers_seconds=20.0,
         supabase=100_000,
+        s3_scale=100_000,
     ),
     # A quick pass over every scenario, to check the suite itself (not for results).
     "smoke": Sizes(
@@ -73,6 +78,9 @@ SCALES = {
         workers_syncs=100,
         workers_seconds=2.0,
         supabase=500,
+        intake_rate=200.0,
+        intake_seconds=3.0,
+        s3_scale=2_000,
     ),
 }
 
@@ -129,6 +137,7 @@ class Context:
     pg_note: str = ""
     rclone: str | None = None
     rclone_note: str = ""
+    baseline_src: str = ""  # intake: also run the PostgreSQL queue from this src/ (A/B)
     rows: list[Row] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     places: list[PostgresPlace] = field(default_factory=list)

@@ -116,18 +116,27 @@ class Server:
 
 
 @contextmanager
-def serve(ctx: Context, table: Table, label: str) -> Iterator[Server]:
+def serve(
+    ctx: Context,
+    table: Table,
+    label: str,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[Server]:
+    """A `portfolio-sync serve` on `table` (product defaults, cron moved away; `env`
+    overrides, `args` are added to the command line), ready once its catch-up pass ran."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = product_env(ctx, table)
+    environ = {**product_env(ctx, table), **(env or {})}
     log = ctx.work / f"serve-{label}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [portfolio_sync_script(), "serve", "--port", str(port)],
-            env=env,
+            [portfolio_sync_script(), "serve", "--port", str(port), *args],
+            env=environ,
             cwd=ctx.work,
             stdout=out,
             stderr=subprocess.STDOUT,

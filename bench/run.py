@@ -23,15 +23,29 @@ REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]
 
 import fullpass  # noqa: E402
+import intake  # noqa: E402
 import live  # noqa: E402
 import report  # noqa: E402
 import s3bench  # noqa: E402
+import s3scale  # noqa: E402
 import supabasedb  # noqa: E402
 import workers  # noqa: E402
 from context import SCALES, Context, size_label  # noqa: E402
 from data import Spec  # noqa: E402
 
-SCENARIOS = ("noop", "drift", "initial", "scaling", "large", "s3", "supabase", "live", "workers")
+SCENARIOS = (
+    "noop",
+    "drift",
+    "initial",
+    "scaling",
+    "large",
+    "s3",
+    "supabase",
+    "live",
+    "workers",
+    "intake",
+    "s3scale",
+)
 BENCH_DB_ENV = "PORTFOLIO_SYNC_BENCH_DATABASE_URL"
 
 
@@ -87,6 +101,11 @@ def main() -> int:
     parser.add_argument(
         "--out", default="", help="write results here instead of bench/results (A/B runs)"
     )
+    parser.add_argument(
+        "--baseline-src",
+        default="",
+        help="intake: also serve PostgreSQL + folder from this src/ folder, interleaved (A/B)",
+    )
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
     unknown = set(only) - set(SCENARIOS)
@@ -114,6 +133,7 @@ def main() -> int:
         pg_note=pg_note,
         rclone=rclone,
         rclone_note=rclone_version(rclone),
+        baseline_src=str(Path(args.baseline_src).resolve()) if args.baseline_src else "",
     )
     print(f"bench: scale {args.scale}, work dir {work}, postgres: {pg_note}", flush=True)
     points: list[dict[str, object]] = []
@@ -176,6 +196,12 @@ def main() -> int:
                 ctx.drop_dataset("workers")
             else:
                 print("  no PostgreSQL: skipped", flush=True)
+        if "s3scale" in only:
+            print("== S3 at scale (list-only server, 30 ms per request)", flush=True)
+            s3scale.s3scale(ctx)
+        if "intake" in only:
+            print("== webhook intake", flush=True)
+            intake.intake(ctx)
     finally:
         ctx.close()
         if embedded is not None:

@@ -379,6 +379,8 @@ class S3Storage:
     """
 
     page_size = 1000  # the S3 maximum; fewer requests per listing
+    list_workers = 8  # concurrent requests of a long listing (`iter_folders`)
+    split_after = 4  # full pages listed in sequence before key ranges are listed in parallel
 
     def __init__(
         self,
@@ -416,12 +418,17 @@ class S3Storage:
             retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
         )
 
-    def _pages(self, prefix: str) -> Iterator[list[ObjectInfo]]:
+    def _pages(
+        self, prefix: str, *, after: str | None = None, pages: int | None = None
+    ) -> Iterator[list[ObjectInfo]]:
+        """Pages of the listing of ``prefix`` (keys above ``after``), at most ``pages``."""
         import obstore
 
         try:
-            stream = obstore.list(self._store, prefix=prefix or None, chunk_size=self.page_size)
-            for chunk in stream:
+            stream = obstore.list(
+                self._store, prefix=prefix or None, offset=after, chunk_size=self.page_size
+            )
+            for count, chunk in enumerate(stream, 1):
                 yield [
                     ObjectInfo(
                         path=meta["path"],
@@ -430,10 +437,39 @@ class S3Storage:
                     )
                     for meta in chunk
                 ]
+                if count == pages:
+                    return
         except StorageError:
             raise
         except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
             raise StorageError(f"cannot list {self.description} ({prefix or '/'}): {exc}") from exc
+
+    def _all_pages(self, prefix: str) -> Iterator[list[ObjectInfo]]:
+        """Every page of ``prefix``: in sequence for a short listing; past ``split_after``
+        full pages, key ranges in parallel (:mod:`portfolio_sync.backends.s3_ranges`)."""
+        from portfolio_sync.backends.s3_ranges import parallel_pages
+
+        last: str | None = None
+        for count, page in enumerate(self._pages(prefix), 1):
+            yield page
+            if len(page) < self.page_size:
+                return
+            last = page[-1].path
+            if count == self.split_after and self.list_workers > 1:
+                break
+        else:
+            return
+
+        def fetch(after: str | None) -> list[ObjectInfo]:
+            return next(iter(self._pages(prefix, after=after, pages=1)), [])
+
+        yield from parallel_pages(
+            fetch,
+            workers=self.list_workers,
+            start_after=last,
+            floor=prefix,
+            page_size=self.page_size,
+        )
 
     def check(self) -> None:
         import obstore
@@ -459,11 +495,12 @@ class S3Storage:
 
     def iter_folders(self, prefix: str) -> Iterator[Group]:
         # One listing of the whole prefix: S3 returns keys in UTF-8 byte order, so each
-        # folder's objects arrive together and folders arrive in `folder_order`.
+        # folder's objects arrive together and folders arrive in `folder_order` (key
+        # ranges listed in parallel come out in that same order).
         start = len(prefix)
         current: str | None = None
         objects: list[ObjectInfo] = []
-        for page in self._pages(prefix):
+        for page in self._all_pages(prefix):
             for obj in page:
                 name, sep, _ = obj.path[start:].partition("/")
                 if not sep:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -27,6 +28,8 @@ __all__ = [
     "PRUNE_TASK",
     "QUEUE",
     "SYNC_TASK",
+    "Deferred",
+    "JobRequest",
     "QueueJobManager",
     "apply_schema_if_missing",
     "conninfo",
@@ -159,6 +162,65 @@ def _procrastinate_version() -> str:
     return str(procrastinate.__version__)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRequest:
+    """One lock's share of :meth:`QueueJobManager.defer_many`."""
+
+    lock: str
+    task: str
+    args: Mapping[str, Any]
+    idle_delay: float | None  # seconds until due if the lock is idle; None: at once
+    busy_delay: float  # seconds until due if a job of the lock runs or just started
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deferred:
+    """What :meth:`QueueJobManager.defer_many` did for one lock."""
+
+    inserted: bool  # a new job; False: merged into (or coalesced with) a waiting one
+    busy: bool  # a job of the lock ran or waited when the statement started
+
+
+# Both states are read before the insert, from the two partial unique indexes. A request
+# whose lock has a waiting job that already expects everything it says (or it says
+# nothing) is left out of the insert: that job has not started, so it will list storage
+# after this request, and locking it would make a worker's fetch, which skips locked jobs,
+# pass it over. Repeated events for one object then cost a read, not a write. A job that
+# waited then and has started by the time the insert meets it is waited for by ON
+# CONFLICT, which then inserts (the row left the `todo` index): the new job is its
+# follow-up. `xmax = 0` tells an inserted row from an updated one.
+_DEFER_MANY = """
+WITH request AS (
+    SELECT r.lock, r.task, r.args::jsonb AS args, r.idle, r.busy_delay,
+           EXISTS (SELECT 1 FROM procrastinate_jobs j
+                   WHERE j.lock = r.lock AND j.status = 'doing') AS running,
+           w.id IS NOT NULL AS waiting,
+           COALESCE(w.args -> 'expect', '{}'::jsonb)
+               @> COALESCE(r.args::jsonb -> 'expect', '{}'::jsonb) AS covered
+    FROM unnest(%(locks)s::text[], %(tasks)s::text[], %(args)s::text[], %(idle)s::float8[],
+                %(busy)s::float8[]) AS r(lock, task, args, idle, busy_delay)
+    LEFT JOIN LATERAL (SELECT j.id, j.args FROM procrastinate_jobs j
+                       WHERE j.queueing_lock = r.lock AND j.status = 'todo') AS w ON true
+), written AS (
+    INSERT INTO procrastinate_jobs (queue_name, task_name, lock, queueing_lock, args,
+                                    scheduled_at)
+    SELECT %(queue)s, task, lock, lock, args, clock_timestamp()
+           + make_interval(secs => CASE WHEN running OR waiting THEN busy_delay ELSE idle END)
+    FROM request WHERE NOT (waiting AND covered)
+    ORDER BY lock
+    ON CONFLICT (queueing_lock) WHERE status = 'todo'
+    DO UPDATE SET args = jsonb_set(procrastinate_jobs.args, '{expect}',
+        COALESCE(procrastinate_jobs.args -> 'expect', '{}'::jsonb) || (EXCLUDED.args -> 'expect'))
+    WHERE NOT COALESCE(procrastinate_jobs.args -> 'expect', '{}'::jsonb)
+              @> COALESCE(EXCLUDED.args -> 'expect', '{}'::jsonb)
+    RETURNING procrastinate_jobs.lock, xmax = 0 AS inserted
+)
+SELECT request.lock, request.running OR request.waiting AS busy,
+       COALESCE(written.inserted, false) AS inserted
+FROM request LEFT JOIN written ON written.lock = request.lock
+"""
+
+
 class QueueJobManager(pmanager.JobManager):
     """procrastinate's manager, plus the few queries of this queue, and retries that cannot
     leave a job stuck in ``doing``.
@@ -194,32 +256,31 @@ class QueueJobManager(pmanager.JobManager):
                 job_id=job.id, status=pjobs.Status.FAILED, delete_job=False
             )
 
-    async def key_state(self, lock: str) -> tuple[bool, bool, datetime.datetime]:
-        """(a job of the lock waits, one runs, the database's clock), from the two partial
-        unique indexes. Workers compare ``scheduled_at`` with the database's clock, so a
-        job scheduled from this answer is scheduled on that clock, whatever the skew of
-        the machine asking."""
-        row = await self.connector.execute_query_one_async(
-            query="SELECT COALESCE(bool_or(status = 'todo'), false) AS waiting, "
-            "COALESCE(bool_or(status = 'doing'), false) AS running, "
-            "clock_timestamp() AS now FROM procrastinate_jobs "
-            "WHERE (queueing_lock = %(lock)s AND status = 'todo') "
-            "OR (lock = %(lock)s AND status = 'doing')",
-            lock=lock,
-        )
-        return bool(row["waiting"]), bool(row["running"]), row["now"]
+    async def defer_many(self, jobs: Sequence[JobRequest]) -> dict[str, Deferred]:
+        """Queue one job per lock, or merge each into the lock's waiting job; one statement.
 
-    async def merge_expect(self, lock: str, expect: Mapping[str, bool]) -> bool:
-        """Add ``expect`` to the waiting job of ``lock``; False if none waits (any more)."""
-        row = await self.connector.execute_query_one_async(
-            query="WITH merged AS (UPDATE procrastinate_jobs SET args = jsonb_set(args, "
-            "'{expect}', COALESCE(args -> 'expect', '{}'::jsonb) || %(expect)s::jsonb) "
-            "WHERE queueing_lock = %(lock)s AND status = 'todo' RETURNING 1) "
-            "SELECT count(*) AS n FROM merged",
-            lock=lock,
-            expect=json.dumps(dict(expect)),
+        Atomic per lock, like the trigger SQL (``INSERT … ON CONFLICT`` on procrastinate's
+        queueing-lock index): a lock gets a new job when none waits, else the waiting job
+        absorbs the request's ``expect`` (a request without one changes nothing). The new
+        job of a lock that is busy (a job of it runs, or one waited when the statement
+        started and ran meanwhile) waits ``busy_delay`` seconds, else ``idle_delay`` (None:
+        due at once), on the database's clock. Locks must be distinct; rows are written in
+        lock order, so two batches from two processes cannot deadlock on each other.
+        """
+        ordered = sorted(jobs, key=lambda job: job.lock)
+        rows = await self.connector.execute_query_all_async(
+            query=_DEFER_MANY,
+            queue=QUEUE,
+            locks=[job.lock for job in ordered],
+            tasks=[job.task for job in ordered],
+            args=[json.dumps(job.args) for job in ordered],
+            idle=[job.idle_delay for job in ordered],
+            busy=[job.busy_delay for job in ordered],
         )
-        return bool(row["n"])
+        return {
+            row["lock"]: Deferred(inserted=bool(row["inserted"]), busy=bool(row["busy"]))
+            for row in rows
+        }
 
     async def count(self, *statuses: str) -> int:
         """Jobs of this queue in any of ``statuses``, on every worker."""

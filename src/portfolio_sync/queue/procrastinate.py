@@ -4,12 +4,14 @@ Chosen automatically when the database is PostgreSQL. Invariant 3 holds across m
 because procrastinate enforces it in the database: every ``sync_portfolio`` job of a key
 carries ``lock`` and ``queueing_lock`` = ``portfolio_sync:<key>``, so at most one job of a
 key runs (``lock``) and at most one more waits (``queueing_lock``). Requests made while
-one waits are coalesced into it (``AlreadyEnqueued`` here, ``ON CONFLICT`` in the trigger
-SQL: success, not an error), and a job deferred while its key runs starts the settle time
-(``PORTFOLIO_SYNC_DEBOUNCE``) after that run ends, the dirty rule. Events that trickle in
-just after a run (a watcher delivering an upload batch every 50 ms) are follow-ups too:
-the requesting process schedules them a growing settle time after the key's previous job,
-as the local queue does, so a bulk upload costs a handful of syncs, not one per batch.
+one waits are coalesced into it (``INSERT … ON CONFLICT`` on the queueing lock, here and
+in the trigger SQL: success, not an error; requests arriving together share one statement,
+:mod:`portfolio_sync.queue.group_commit`), and a job deferred while its key runs starts
+the settle time (``PORTFOLIO_SYNC_DEBOUNCE``) after that run ends, the dirty rule. Events
+that trickle in just after a run (a watcher delivering an upload batch every 50 ms) are
+follow-ups too: the requesting process schedules them a growing settle time after the
+key's previous job, as the local queue does, so a bulk upload costs a handful of syncs,
+not one per batch.
 A scheduled job is started by a notification sent when it falls due, not by the next poll.
 The full pass is the periodic task ``sync_all`` on ``PORTFOLIO_SYNC_SCHEDULE`` with the lock
 ``portfolio_sync:*``; procrastinate's ``periodic_defers`` table makes one worker of the
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import socket
@@ -56,12 +57,15 @@ from procrastinate import exceptions as pexc
 from portfolio_sync.config import Settings
 from portfolio_sync.errors import CatalogError
 from portfolio_sync.queue import ALL, QueueClosed
+from portfolio_sync.queue.group_commit import GroupCommit, Pending
 from portfolio_sync.queue.jobs import (
     LOCK_PREFIX,
     PASS_TASK,
     PRUNE_TASK,
     QUEUE,
     SYNC_TASK,
+    Deferred,
+    JobRequest,
     QueueJobManager,
     apply_schema_if_missing,
     conninfo,
@@ -129,7 +133,10 @@ class QueueOptions:
     whose key was busy, or whose settle time or retry backoff just ended, starts within it.
     ``max_attempts`` runs per job, waiting ``backoff ** attempt`` seconds between them
     (procrastinate's exponential wait). ``settle_max`` caps the growing settle time of a
-    key in a burst of requests (as in the local queue).
+    key in a burst of requests (as in the local queue). ``defer_statements``: statements
+    deferring requested jobs that may run at once, each a batch of every request that
+    arrived meanwhile (:mod:`portfolio_sync.queue.group_commit`); the pool has a connection
+    for each beside the worker's.
     """
 
     concurrency: int | None = None  # None: settings.workers
@@ -141,6 +148,7 @@ class QueueOptions:
     prune_after_hours: int = 24
     shutdown_timeout: float = 10.0
     settle_max: float = 1.0
+    defer_statements: int = 4
 
 
 class ProcrastinateQueue:
@@ -173,7 +181,7 @@ class ProcrastinateQueue:
         connector = PsycopgConnector(
             conninfo=self._conninfo,
             min_size=1,
-            max_size=self.concurrency + 4,
+            max_size=self.concurrency + 4 + self.options.defer_statements,
             configure=_autocommit,
             pool_factory=_pool_checking_idle_connections,
         )
@@ -190,6 +198,7 @@ class ProcrastinateQueue:
         self._open_lock = asyncio.Lock()
         self._recent: dict[str, tuple[float, int]] = {}  # key -> (last job due at, streak)
         self._worker_state = "ok"
+        self._batch = GroupCommit(self._defer_batch, in_flight=self.options.defer_statements)
 
     # ---- tasks --------------------------------------------------------------------------
     def _register_tasks(self) -> None:
@@ -389,6 +398,7 @@ class ProcrastinateQueue:
         if self._closed:
             return []
         self._closed = True
+        await self._batch.close(timeout)  # requests already taken are written, not dropped
         for timer in self._timers:
             timer.cancel()
         for task in [*self._tasks, *self._wakers]:
@@ -430,13 +440,13 @@ class ProcrastinateQueue:
     async def request(
         self, key: str, trigger: str, *, expect: Mapping[str, bool] | None = None
     ) -> bool:
-        """Defer a job for ``key``; False when one is already waiting (coalesced).
+        """Queue a job for ``key``, or coalesce into its waiting one (False).
 
-        The key's jobs are looked up first: a burst of events for one key then costs one
-        index lookup each rather than a failed INSERT (logged by the server as an error)
-        and a rollback, and a job deferred while the key runs, or right after a job of a
-        burst, waits for the settle time (:meth:`_follow_up_delay`). A job appearing
-        between lookup and INSERT still ends in AlreadyEnqueued.
+        Requests go to the database in batches (:mod:`portfolio_sync.queue.group_commit`):
+        this returns once the statement holding this request has committed, so a caller
+        that answers "accepted" afterwards has the job durably queued. A request without
+        expectations for a key whose job, deferred here, is not due yet is coalesced
+        without a round trip (:meth:`_scheduled_here`).
 
         ``expect`` (a storage event's paths, present or gone) travels in the job, so the
         worker that runs it, on any machine, re-checks a listing that does not show them
@@ -446,46 +456,72 @@ class ProcrastinateQueue:
         if self._closed:
             raise QueueClosed()
         await self._open()
-        lock = lock_for(key)
         hint = {str(path): bool(present) for path, present in (expect or {}).items()}
-        if self._scheduled_here(key) and await self._absorbed(lock, hint):
+        if not hint and self._scheduled_here(key):
             logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
             return False
-        asked = time.monotonic()  # no later than the database clock reading below
-        waiting, running, db_now = await self._jobs.key_state(lock)
-        if waiting:
-            if await self._absorbed(lock, hint):
-                logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
-                return False
-            running = True  # it started meanwhile: this is its follow-up
-        task = self._pass_task if key == ALL else self._sync_task
-        kwargs: dict[str, Any] = {"trigger": trigger}
-        if key != ALL:
-            kwargs["key"] = key
-        if hint:
-            kwargs["expect"] = hint
-        delay, streak = self._follow_up_delay(key, running=running)
-        settle = None if delay is None else db_now + datetime.timedelta(seconds=delay)
-        deferrer = task.configure(lock=lock, queueing_lock=lock, schedule_at=settle)
-        try:
-            await deferrer.defer_async(**kwargs)
-        except pexc.AlreadyEnqueued:
-            # deferred by someone else since the lookup; it has not started, or it would
-            # not hold the queueing lock: hand it this request's expectations
-            await self._absorbed(lock, hint)
-            logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": key})
-            return False
-        self._remember(key, asked + (delay or 0.0), streak)
-        if delay is not None:
-            self._wake_in(delay)
-        logger.debug("sync queued", extra={"action": "sync_queued", "key": key, "trigger": trigger})
-        return True
+        return await self._batch.submit(key, trigger, hint)
 
-    async def _absorbed(self, lock: str, expect: Mapping[str, bool]) -> bool:
-        """Whether the key's waiting job now carries ``expect`` too (trivially, if empty)."""
-        if not expect:
-            return True
-        return await self._jobs.merge_expect(lock, expect)
+    async def _defer_batch(self, batch: list[Pending]) -> dict[str, bool]:
+        """The group commit's writer: one ``defer_many`` statement for a batch of keys.
+
+        Each key's settle time is worked out here both ways (its key idle, its key busy:
+        :meth:`_follow_up_delay`) and the statement picks by what it finds in the queue.
+        """
+        asked = time.monotonic()  # no later than the database clock reading
+        plans: dict[str, tuple[tuple[float | None, int], tuple[float | None, int]]] = {}
+        requests = []
+        for entry in batch:
+            idle = self._follow_up_delay(entry.key, running=False)
+            busy = self._follow_up_delay(entry.key, running=True)
+            plans[entry.key] = (idle, busy)
+            args: dict[str, Any] = {"trigger": entry.trigger}
+            if entry.key != ALL:
+                args["key"] = entry.key
+            if entry.expect:
+                args["expect"] = entry.expect
+            requests.append(
+                JobRequest(
+                    lock=lock_for(entry.key),
+                    task=PASS_TASK if entry.key == ALL else SYNC_TASK,
+                    args=args,
+                    idle_delay=idle[0],
+                    busy_delay=busy[0] or 0.0,
+                )
+            )
+        done = await self._defer_many(requests)
+        created: dict[str, bool] = {}
+        for entry in batch:
+            outcome = done[lock_for(entry.key)]
+            created[entry.key] = outcome.inserted
+            if not outcome.inserted:
+                logger.debug("sync coalesced", extra={"action": "sync_coalesced", "key": entry.key})
+                continue
+            delay, streak = plans[entry.key][1 if outcome.busy else 0]
+            self._remember(entry.key, asked + (delay or 0.0), streak)
+            if delay is not None:
+                self._wake_in(delay)
+            logger.debug(
+                "sync queued",
+                extra={"action": "sync_queued", "key": entry.key, "trigger": entry.trigger},
+            )
+        return created
+
+    async def _defer_many(self, requests: list[JobRequest]) -> dict[str, Deferred]:
+        """``defer_many``, tried again when PostgreSQL broke a deadlock by failing it.
+
+        Batches take their row locks in key order, so they cannot deadlock each other;
+        an application transaction changing several rows (whose triggers defer jobs in
+        its own order) can, and then losing once is no reason to fail the requests.
+        """
+        for attempt in range(3):
+            try:
+                return await self._jobs.defer_many(requests)
+            except pexc.ProcrastinateException as exc:
+                if attempt < 2 and isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                    continue
+                raise CatalogError(f"cannot queue syncs in the job queue: {exc}") from exc
+        raise AssertionError("unreachable")
 
     async def request_all(self, trigger: str) -> bool:
         return await self.request(ALL, trigger)

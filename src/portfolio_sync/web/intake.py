@@ -19,6 +19,7 @@ written by the reconciler alone. Rules shared by every POST:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -242,8 +243,13 @@ class Intake:
             self.events.labels(event.source, "accepted").inc()
             expect.setdefault(key, {})[path] = event.kind == "created"
             trigger.setdefault(key, f"storage:{event.source}")
-        for key, paths in expect.items():
-            await self.runtime.request(key, trigger[key], expect=paths)
+        # together, so that the PostgreSQL queue writes them in one statement
+        await asyncio.gather(
+            *(
+                self.runtime.request(key, trigger[key], expect=paths)
+                for key, paths in expect.items()
+            )
+        )
         reason = None
         if ignored:
             reason = f"{ignored} event(s) outside the configured bucket, folders or file types"
