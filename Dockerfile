@@ -10,7 +10,15 @@
 #   --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt
 ARG BASE_IMAGE=python:3.12-slim
 
-# ---- dependencies: only constraints.lock and pyproject.toml, so source edits reuse this layer
+# ---- the runtime requirements, read from pyproject.toml: the dependency layer below is keyed
+# on this list and constraints.lock, not on the whole pyproject.toml (a tool setting edited
+# there does not reinstall every dependency)
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    > /requirements.txt
+
+# ---- dependencies at their locked versions, in /opt/venv
 FROM ${BASE_IMAGE} AS deps
 # binutils (this stage only) strips debug symbols from extension modules: about 25 MB.
 RUN command -v strip >/dev/null \
@@ -18,17 +26,15 @@ RUN command -v strip >/dev/null \
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml constraints.lock ./
-# The runtime dependencies at their locked versions. Then pip and setuptools leave the venv
-# (pip is kept aside in /opt/pip-tool for the next steps, the image gets neither), and
-# extension modules lose their debug symbols, except those auditwheel patched (an RPATH
-# to bundled libraries), which strip can break.
+COPY --from=requirements /requirements.txt ./
+COPY constraints.lock ./
+# Then pip and setuptools leave the venv (pip is kept aside in /opt/pip-tool for the next
+# steps, the image gets neither), and extension modules lose their debug symbols, except
+# those auditwheel patched (an RPATH to bundled libraries), which strip can break.
 RUN --mount=type=secret,id=ca \
     set -eu; \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca SSL_CERT_FILE=/run/secrets/ca; fi; \
     python3 -m venv /opt/venv; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > requirements.txt; \
     /opt/venv/bin/pip install --quiet -c constraints.lock -r requirements.txt; \
     mkdir /opt/pip-tool; \
     cp -a "$(/opt/venv/bin/python -c 'import os, pip; print(os.path.dirname(pip.__file__))')" /opt/pip-tool/; \
@@ -39,7 +45,7 @@ RUN --mount=type=secret,id=ca \
 
 # ---- the project's wheel (package data included), built the way `python -m build` does
 FROM deps AS wheel
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY src ./src
 RUN --mount=type=secret,id=ca \
     set -eu; \
