@@ -149,7 +149,8 @@ def test_installed_wheel_serves_the_dashboard_and_its_assets(
         page = server.client.get("/")
         assert page.status_code == 200, page.text
         assert "/files/1/" in page.text  # thumbnails of the demo's rows
-        # Every local stylesheet, script or picture the page loads comes from the wheel.
+        # Every local link of the page (stylesheets, scripts, thumbnails, pages) is served
+        # from the installed wheel.
         assets = set(re.findall(r'(?:src|href)="(/[^"#?]*)', page.text))
         for path in sorted(assets):
             answer = server.client.get(path)
