@@ -84,7 +84,8 @@ VOLUME ["/data"]
 WORKDIR /data
 USER 10001:10001
 EXPOSE 8080
-# The command is PID 1 and handles SIGTERM itself (graceful stop, exit 0); `--init` works too.
+# The command is PID 1 and handles SIGTERM itself: serve and worker stop gracefully (exit 0),
+# a start-up or a one-shot command stops at once (exit 143). `--init` works too.
 STOPSIGNAL SIGTERM
 # For `serve`; workers have no HTTP and run with --no-healthcheck.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
