@@ -10,7 +10,7 @@ SCALE ?= default
 COMPILE = $(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra bench \
 	--universal --python-version 3.11 --no-header --quiet -o $(LOCK)
 
-.PHONY: demo test lint bench install clean lock upgrade-deps
+.PHONY: demo test lint bench install clean lock upgrade-deps image-test
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq rclone >/dev/null 2>&1; }; }; } || \
 		echo "rclone is not available: the benchmark skips its column"
 	$(BIN)/python bench/run.py --scale $(SCALE)
+
+# Build the container image with podman (no Docker daemon needed) and smoke-test it: serve,
+# worker, setup, sync on SQLite and on the local PostgreSQL. Root only; see .ci/image-test.
+image-test:
+	.ci/image-test
 
 # After editing dependencies in pyproject.toml: re-lock, keeping every other pin as it is.
 lock: $(STAMP)

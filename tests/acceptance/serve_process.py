@@ -126,18 +126,23 @@ def wait_for(
 
 @contextlib.contextmanager
 def serve_process(
-    env: Mapping[str, str], cwd: Path, *args: str, startup_timeout: float = 30.0
+    env: Mapping[str, str],
+    cwd: Path,
+    *args: str,
+    startup_timeout: float = 30.0,
+    script: Path = SCRIPT,
 ) -> Iterator[ServeProcess]:
     """Run `portfolio-sync serve --port N *args` with `env` (plus `QUIET` defaults, which
     `env` overrides) and stop it gracefully on exit, asserting exit code 0. If the body
-    raised, the server is still stopped but its exit code is not checked."""
+    raised, the server is still stopped but its exit code is not checked. `script` is the
+    console script to run (another install's, e.g. a wheel's in a clean venv)."""
     full_env = {**QUIET, **env}
     for attempt in range(3):  # the free port may be taken between probe and bind
         port = free_port()
         log_path = cwd / f"serve-{port}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [str(SCRIPT), "-v", "serve", "--port", str(port), *args],
+                [str(script), "-v", "serve", "--port", str(port), *args],
                 env=full_env,
                 cwd=cwd,
                 stdout=log,

@@ -4,8 +4,10 @@ or configuration.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -394,12 +396,24 @@ def main() -> None:
     Click handles usage errors and exit codes itself (standalone mode); our own errors
     propagate out of it and are printed here without a traceback.
     """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except ConfigError as exc:
         _fail(exc, 2)
     except PortfolioSyncError as exc:
         _fail(exc, 1)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM until a command installs its own stop (`serve` and `worker` do once running).
+
+    As a container's PID 1 the process gets no default action for SIGTERM: the kernel drops
+    it, and a start-up or a one-shot `sync` could only be SIGKILLed after the grace period.
+    Raising here unwinds the command (connections closed, nothing half-written: every
+    write is a compare-and-set) and exits with 143, the status a shell shows for SIGTERM.
+    """
+    raise SystemExit(128 + signum)
 
 
 def _fail(exc: BaseException, code: int) -> None:
