@@ -128,6 +128,14 @@ class Reconciler:
         log_result(result, trigger)
         return result
 
+    def release(
+        self, keys: Sequence[str] | None = None, trigger: str = "release"
+    ) -> list[SyncResult]:
+        """The operator's release of held writes (all, or of `keys`): each key is synced
+        again, so what is written is what storage lists now, not what was held."""
+        held = schema.read_held(self.catalog.engine, keys or None)
+        return [self.sync_one(h["key"], trigger, release=True) for h in held]
+
     def _sync_one(
         self, key: str, trigger: str, *, dry_run: bool, started: float, release: bool
     ) -> SyncResult:

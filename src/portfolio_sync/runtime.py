@@ -541,7 +541,9 @@ def _held(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "reason": state.get("held_reason"),
         "trigger": write.get("trigger"),
         "removed": write.get("removed", []),
+        "added": write.get("added", []),
         "new": write.get("new", []),
+        "listed": write.get("listed", []),
     }
 
 

@@ -38,12 +38,13 @@ KeyKind = Literal["int", "uuid", "text"]
 _INT = re.compile(r"^-?[0-9]+$")
 _FETCH_ROWS = 2000  # rows per fetch of the bulk read
 
-Browse = Literal["error", "never"]
+Browse = Literal["error", "never", "held"]
 #: Conditions of :meth:`Catalog.browse`'s `only`, on our state table `s` beside row `t`
-#: (`{own}` joins the two). A new filter (e.g. keys with held writes) is one entry here.
+#: (`{own}` joins the two). A new filter is one entry here.
 BROWSE_FILTERS: dict[str, str] = {
     "error": "EXISTS (SELECT 1 FROM {state} AS s WHERE {own} AND s.last_error IS NOT NULL)",
     "never": "NOT EXISTS (SELECT 1 FROM {state} AS s WHERE {own} AND s.last_synced_at IS NOT NULL)",
+    "held": "EXISTS (SELECT 1 FROM {state} AS s WHERE {own} AND s.held_at IS NOT NULL)",
 }
 
 

@@ -206,8 +206,7 @@ def release(
     window (the storage root must still be healthy). Exits 1 if any sync failed.
     """
     with open_service(settings_of(ctx)) as svc:
-        held = schema.read_held(svc.catalog.engine, keys or None)
-        results = [svc.reconciler.sync_one(h["key"], "release", release=True) for h in held]
+        results = svc.reconciler.release(keys)
     if not results and not as_json:
         console.out.print("no held writes" + (f" for {', '.join(keys)}" if keys else ""))
     console.print_results(results, as_json=as_json)

@@ -1,9 +1,12 @@
-"""The console's buttons: log in/out, "Sync now", "Full pass", "Dry-run full pass".
+"""The console's buttons: log in/out, "Sync now", "Full pass", "Dry-run full pass",
+"Release held writes".
 
 Every POST here is a form from a console page: same-site, with the CSRF token of the
 session (`session.ConsoleAuth.form`), and allowed only under the POST API's rule
 (`ConsoleAuth.authorize`). Syncs are only queued, as `POST /sync` does; the dry run reads
-both sides and writes nothing, so it runs here and its report is the answer. A refused
+both sides and writes nothing, so it runs here and its report is the answer. A release
+runs here too, through `Reconciler.release` (what `portfolio-sync release` runs), so the
+operator sees at once whether each held write went through. A refused
 action gets a page saying why, with the status the JSON API would use.
 """
 
@@ -24,6 +27,7 @@ from portfolio_sync.web.templating import path_url
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 TRIGGER = "manual:console"
+RELEASE_TRIGGER = "release:console"
 
 
 def _refused(request: Request, exc: PayloadError) -> Response:
@@ -113,3 +117,33 @@ async def full_pass(request: Request) -> Response:
     report = await asyncio.to_thread(runtime.service.reconciler.sync_all, TRIGGER, dry_run=True)
     context: dict[str, Any] = {"report": report, "shown": 200}
     return page(request, "dry_run.html", context)
+
+
+@router.post("/console/release", response_class=HTMLResponse)
+async def release(request: Request) -> Response:
+    """Release the held write of `key`, or every held write without one."""
+    runtime = runtime_of(request)
+    try:
+        fields = await _allowed(request)
+        key = fields.get("key") or None
+        problem = key_problem(runtime.layout, key) if key is not None else None
+        if problem:
+            raise PayloadError(problem)
+    except PayloadError as exc:
+        return _refused(request, exc)
+    runtime.metrics.events.labels("console", "accepted").inc()
+    reconciler = runtime.service.reconciler
+    results = await asyncio.to_thread(reconciler.release, [key] if key else None, RELEASE_TRIGGER)
+    for result in results:
+        runtime.feed.publish(result.key)
+    await asyncio.to_thread(runtime.refresh_held)
+    failed = [r for r in results if r.status in ("error", "conflict")]
+    logger.info(
+        "console release",
+        extra={"action": "console_release", "released": len(results) - len(failed)},
+    )
+    if failed:
+        reason = "; ".join(f"{r.key}: {r.error or r.status}" for r in failed[:20])
+        context = {"heading": "Not released", "reason": f"still held — {reason}"}
+        return page(request, "refused.html", context, status=409)
+    return _back(request, f"/p/{path_url(key)}" if key else "/", "release")

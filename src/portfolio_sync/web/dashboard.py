@@ -41,13 +41,18 @@ TICK_SECONDS = 10.0  # live pages refresh at least this often (syncs on other ma
 STREAM_SECONDS = 300.0  # an event stream ends after this; the browser reconnects
 _EXTRA_TYPES = {"avif": "image/avif", "heic": "image/heic", "heif": "image/heif"}
 _STATIC = files("portfolio_sync.web").joinpath("static")
-Filter = Literal["drift", "error", "never"]
-_ON_STATE: dict[str, Browse] = {"error": "error", "never": "never"}  # the rest lists storage
+Filter = Literal["drift", "error", "never", "held"]
+_ON_STATE: dict[str, Browse] = {
+    "error": "error",
+    "never": "never",
+    "held": "held",
+}  # the rest lists storage
 FLASH = {
     "sync": "Sync queued.",
     "all": "Full pass queued.",
     "login": "Logged in.",
     "logout": "Logged out.",
+    "release": "Held writes released: each was synced again from a new listing.",
 }
 
 

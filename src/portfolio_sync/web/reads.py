@@ -1,7 +1,7 @@
 """The console's reads: facts, panels and pages of portfolios (blocking parts in threads).
 
 Only reads; writes go through the queue. Each panel of the main page is one `Panel`: a
-title, a template and one read, so a new panel (held writes, a list of passes) is one
+title, a template and one read, so a new panel (a list of passes, say) is one
 entry in `PANELS` and one small template.
 """
 
@@ -49,11 +49,16 @@ def _errors(engine: sa.Engine) -> list[dict[str, Any]]:
     return schema.read_errors(engine, PANEL_ROWS)
 
 
+def _held(engine: sa.Engine) -> list[dict[str, Any]]:
+    return schema.read_held(engine)[:PANEL_ROWS]
+
+
 def _recent(engine: sa.Engine) -> list[dict[str, Any]]:
     return schema.recent_history(engine, PANEL_ROWS)
 
 
 PANELS = (
+    Panel(name="held", title="Held writes", read=_held),
     Panel(name="errors", title="Keys with errors", read=_errors),
     Panel(name="passes", title="Last passes", read=_last_passes),
     Panel(name="orphans", title="Orphan folders", read=_orphans),

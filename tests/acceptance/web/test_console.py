@@ -8,6 +8,7 @@ console errors) is in test_console_browser.py.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -162,7 +163,7 @@ async def test_filters_and_search(demo: Path) -> None:
         assert keys((await http.get("/?q=1")).text) == ["1", "10", "11", "12", "13"]
         assert keys((await http.get("/?q=1&after=10&limit=2")).text) == ["11", "12"]
         assert keys((await http.get("/?q=%25")).text) == []  # LIKE wildcards are literal
-        assert (await http.get("/?only=held")).status_code == 422
+        assert (await http.get("/?only=stale")).status_code == 422
         fragment = await http.get("/?fragment=1")
     assert fragment.status_code == 200 and "<html" not in fragment.text
     assert keys(fragment.text) == [str(n) for n in range(1, 14)]
@@ -173,6 +174,117 @@ async def test_orphan_folders_panel_lists_the_last_full_pass(demo: Path) -> None
         html = (await http.get("/")).text
     panel = html.split('id="panel-orphans"')[1].split("</section>")[0]
     assert "1 folder(s) without a row" in panel and '<a href="/p/13"><code>13</code></a>' in panel
+
+
+# ---- held writes: panel, portfolio page, filter, release -------------------------------------
+DRASTIC = (1, 2, 3, 4, 6, 7, 8, 9)  # demo folders of 3+ images: keeping one removes most
+
+
+def hold(demo: Path) -> list[str]:
+    """Keep only photo-1 in the `DRASTIC` folders and sync each key on its own, as a storm
+    of removal events would: the guard's window lets the first few through, holds the rest."""
+    for key in DRASTIC:
+        for file in (demo / "storage" / str(key)).iterdir():
+            if file.name != "photo-1.jpg":
+                file.unlink()
+    with open_service(demo_settings(demo)) as svc:
+        results = [svc.reconciler.sync_one(str(key), "test:storm") for key in DRASTIC]
+    held = [r.key for r in results if r.status == "held"]
+    assert held and {r.status for r in results} == {"changed", "held"}, results
+    return held
+
+
+def row_images(demo: Path, key: str) -> list[str]:
+    with sqlite3.connect(demo / "portfolio-sync.db") as db:
+        (value,) = db.execute("SELECT images FROM portfolios WHERE id = ?", (key,)).fetchone()
+    db.close()
+    found: list[str] = json.loads(value)
+    return found
+
+
+async def test_held_writes_panel_portfolio_page_and_filter(demo: Path) -> None:
+    held = hold(demo)
+    first = held[0]
+    before = row_images(demo, first)
+    async with console(demo_settings(demo), client=ELSEWHERE) as (http, _):
+        main = (await http.get("/")).text
+        only = (await http.get("/?only=held")).text
+        portfolio = (await http.get(f"/p/{first}")).text
+        calm = (await http.get("/p/5")).text
+    panel = main.split('id="panel-held"')[1].split("</section>")[0]
+    assert re.findall(r'<tr data-key="([^"]+)">', panel) == held
+    row = panel.split(f'<tr data-key="{first}">')[1].split("</tr>")[0]
+    assert f'<a href="/p/{first}"><code>{first}</code></a>' in row
+    assert "<time datetime=" in row and "rows were emptied by single syncs" in row
+    assert f'+0</span> <span class="remove-text">\u2212{len(before) - 1}</span>' in row
+    assert 'id="release-all"' not in panel  # another machine, no secret: no button
+    assert f'href="/?only=held" class="bad">{len(held)}</a>' in main
+    assert keys(only) == held
+    section = portfolio.split('id="held"')[1].split("</section>")[0]
+    assert "asked by <code>test:storm</code>" in section
+    assert f"\u2212{len(before) - 1}</span>" in section
+    assert f"<li><code>{first}/photo-1.jpg</code></li>" in section  # the listing it came from
+    assert "The listing that asked for it (1 file(s))" in section
+    assert 'id="release"' not in section
+    assert 'id="held"' not in calm
+
+
+async def test_release_from_the_portfolio_page_and_the_panel(demo: Path) -> None:
+    held = hold(demo)
+    first, rest = held[0], held[1:]
+    async with console(demo_settings(demo)) as (http, runtime):
+        csrf = await token(http, f"/p/{first}")
+        page = (await http.get(f"/p/{first}")).text
+        assert 'id="release"' in page and f'name="key" value="{first}"' in page
+        for fields, headers, reason in (
+            ({"key": first}, SAME_SITE, "token is missing"),
+            ({"csrf": csrf, "key": first}, {"Sec-Fetch-Site": "cross-site"}, "cross-site"),
+            ({"csrf": csrf, "key": "../x"}, SAME_SITE, ""),
+        ):
+            refused = await http.post("/console/release", data=fields, headers=headers)
+            assert refused.status_code in (403, 422) and reason in refused.text, refused.text
+        assert row_images(demo, first) != [f"{first}/photo-1.jpg"]  # nothing released
+        one = await post(http, "/console/release", csrf=csrf, key=first)
+        assert one.status_code == 303 and one.headers["location"] == f"/p/{first}?done=release"
+        assert row_images(demo, first) == [f"{first}/photo-1.jpg"]
+        page = (await http.get(f"/p/{first}?done=release")).text
+        assert "Held writes released" in page and 'id="held"' not in page
+        assert '<span class="trigger">release:console</span>' in page
+        assert runtime.metrics.held._value.get() == len(rest)
+        main = (await http.get("/")).text
+        assert ('id="release-all"' in main) == bool(rest)
+        everything = await post(http, "/console/release", csrf=csrf)
+        assert everything.status_code == 303 and everything.headers["location"] == "/?done=release"
+        main = (await http.get("/?done=release")).text
+        assert keys((await http.get("/?only=held")).text) == []
+    assert all(row_images(demo, key) == [f"{key}/photo-1.jpg"] for key in rest)
+    panel = main.split('id="panel-held"')[1].split("</section>")[0]
+    assert "None: no write is waiting" in panel and 'id="release-all"' not in panel
+
+
+async def test_release_refused_from_another_machine_and_before_login(demo: Path) -> None:
+    held = hold(demo)
+    async with (
+        started(demo_settings(demo)) as (app, _),
+        client_of(app, ELSEWHERE) as far,
+        client_of(app, LOOPBACK) as near,
+    ):
+        csrf = await token(near)
+        far.cookies.set(COOKIE, near.cookies[COOKIE])
+        refused = await post(far, "/console/release", csrf=csrf)
+        assert refused.status_code == 403
+    async with console(demo_settings(demo, webhook_secret=SECRET), client=ELSEWHERE) as (http, _):
+        csrf = await token(http, "/login")
+        anonymous = await post(http, "/console/release", csrf=csrf)
+        assert anonymous.status_code == 401
+        assert 'id="release-all"' not in (await http.get("/")).text
+        await post(http, "/login", csrf=csrf, secret=SECRET)
+        csrf = await token(http)
+        assert 'id="release-all"' in (await http.get("/")).text
+        done = await post(http, "/console/release", csrf=csrf, key=held[0])
+        assert done.status_code == 303
+    assert row_images(demo, held[0]) == [f"{held[0]}/photo-1.jpg"]
+    assert all(row_images(demo, key) != [f"{key}/photo-1.jpg"] for key in held[1:])
 
 
 # ---- docs and assets -------------------------------------------------------------------------
