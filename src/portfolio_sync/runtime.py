@@ -469,7 +469,15 @@ class Runtime:
             "last_error": state and state["last_error"],
             "attempts": state["attempts"] if state else 0,
             "held": _held(state),
+            "skipped_names": self._skipped_in(key),
         }
+
+    def _skipped_in(self, key: str) -> list[str]:
+        """Names in the key's folder skipped as not UTF-8, as its last listing found them."""
+        storage = self.service.storage
+        if not isinstance(storage, LocalStorage):
+            return []  # object keys are always valid UTF-8
+        return storage.skipped_in.get(self.layout.folder(key), [])
 
     def check_ready(self) -> dict[str, str]:
         """ "ok" or the problem, for the database, the storage, each background source,

@@ -115,11 +115,18 @@ class SnapshotListing(Protocol):
         ...
 
 
+SKIPPED_FOLDERS = 1000  # portfolio folders whose skipped names `LocalStorage` remembers
+SKIPPED_SHOWN = 20  # names remembered per folder
+
+
 class LocalStorage:
     """A folder on disk; the embedded default.
 
     `depth`: how many levels of sub-folders of a portfolio folder are read (None: all).
-    `skipped_names` counts names that were not valid UTF-8 (skipped, with a warning).
+    `skipped_names` counts names that were not valid UTF-8 (skipped, with a warning);
+    `skipped_in` keeps them (escaped, the first `SKIPPED_SHOWN`) per portfolio folder as its
+    last listing found them, for the console: only the `SKIPPED_FOLDERS` folders listed
+    last, as few folders ever have such names and a listing without any forgets them.
     """
 
     def __init__(self, root: Path, *, depth: int | None = None) -> None:
@@ -127,6 +134,7 @@ class LocalStorage:
         self.depth = depth
         self.description = f"folder {root}"
         self.skipped_names = 0
+        self.skipped_in: dict[str, list[str]] = {}
 
     def _dir(self, prefix: str) -> str:
         return os.path.join(self.root, *prefix.strip("/").split("/")) if prefix else str(self.root)
@@ -186,11 +194,18 @@ class LocalStorage:
         except WalkError as exc:
             raise FolderFault(str(exc)) from exc
         finally:
-            self._skipped(directory, skipped)
+            self._skipped(directory, skipped, rel)
         return make_objects(paths, sizes, mtimes)
 
-    def _skipped(self, folder: str, names: list[str]) -> None:
-        """Warn about names that are not valid UTF-8: no row can hold them as text."""
+    def _skipped(self, folder: str, names: list[str], rel: str | None = None) -> None:
+        """Warn about names that are not valid UTF-8: no row can hold them as text; keep
+        them for the portfolio folder `rel`, if the listing was of one."""
+        if rel is not None:
+            self.skipped_in.pop(rel, None)
+            if names:
+                self.skipped_in[rel] = names[:SKIPPED_SHOWN]
+                if len(self.skipped_in) > SKIPPED_FOLDERS:
+                    self.skipped_in.pop(next(iter(self.skipped_in)))  # the oldest
         if not names:
             return
         self.skipped_names += len(names)
@@ -210,7 +225,11 @@ class LocalStorage:
         """`iter_folders(prefix)` of the folder `top`, listed ahead by folder_walker.py."""
         depth = -1 if self.depth is None else self.depth
         for name, objects, error, skipped in _helper_frames(top, prefix, depth):
-            self._skipped(os.path.join(top, name) if name else top, skipped)
+            self._skipped(
+                os.path.join(top, name) if name else top,
+                skipped,
+                f"{prefix}{name}/" if name else None,
+            )
             if name:
                 yield name, objects if error is None else FolderFault(error)
 

@@ -9,6 +9,7 @@ console errors) is in test_console_browser.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -285,6 +286,19 @@ async def test_release_refused_from_another_machine_and_before_login(demo: Path)
         assert done.status_code == 303
     assert row_images(demo, held[0]) == [f"{held[0]}/photo-1.jpg"]
     assert all(row_images(demo, key) != [f"{key}/photo-1.jpg"] for key in held[1:])
+
+
+async def test_portfolio_page_shows_names_that_are_not_utf8(demo: Path) -> None:
+    bad = os.path.join(os.fsencode(demo / "storage" / "2"), b"scan-\xff.jpg")
+    open(bad, "wb").close()
+    async with console(demo_settings(demo)) as (http, _):
+        shown = (await http.get("/p/2")).text
+        other = (await http.get("/p/3")).text
+        os.remove(bad)
+        renamed = (await http.get("/p/2")).text
+    skipped = shown.split('id="skipped"')[1].split("</dd>")[0]
+    assert "1 file(s) left out" in skipped and "<code>2/scan-\\xff.jpg</code>" in skipped
+    assert 'id="skipped"' not in other and 'id="skipped"' not in renamed
 
 
 # ---- docs and assets -------------------------------------------------------------------------

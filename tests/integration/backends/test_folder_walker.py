@@ -136,3 +136,39 @@ def test_a_folder_that_cannot_be_listed_is_that_folders_fault_in_both_paths(
     assert helped == inline
     assert inline[0] == ("0", [("0/a.jpg", 1)]) and inline[2] == ("2", [("2/a.jpg", 1)])
     assert "cannot list" in str(inline[1][1]) and "symbolic links" in str(inline[1][1])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="byte names are POSIX")
+def test_names_that_are_not_utf8_are_remembered_per_portfolio_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For the console's portfolio page: each listing of a portfolio folder (in process,
+    by the helper, or of the one folder) leaves what it skipped, and forgets it when the
+    next listing finds none; only the last `SKIPPED_FOLDERS` folders are kept."""
+
+    def put(rel: bytes) -> None:
+        path = os.path.join(os.fsencode(tmp_path), rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+
+    for rel in (b"1/a.jpg", b"2/bad\xff.jpg", b"2/ok.jpg", b"3/c.jpg"):
+        put(rel)
+    expected = {"2/": ["2/bad\\xff.jpg"]}
+    inline = LocalStorage(tmp_path)
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 10**9)
+    list(inline.iter_folders(""))
+    monkeypatch.setattr(storage, "HELPER_MIN_FOLDERS", 1)
+    monkeypatch.setattr(storage, "_cores", lambda: 2)
+    helped = LocalStorage(tmp_path)
+    list(helped.iter_folders(""))
+    one = LocalStorage(tmp_path)
+    assert [o.path for o in one.list_prefix("2/")] == ["2/ok.jpg"]
+    assert inline.skipped_in == helped.skipped_in == one.skipped_in == expected
+    os.remove(os.path.join(os.fsencode(tmp_path), b"2/bad\xff.jpg"))
+    one.list_prefix("2/")
+    assert one.skipped_in == {}
+    monkeypatch.setattr(storage, "SKIPPED_FOLDERS", 2)
+    for key in (b"4", b"5", b"6"):
+        put(key + b"/\xfe.jpg")
+        one.list_prefix(key.decode() + "/")
+    assert one.skipped_in == {"5/": ["5/\\xfe.jpg"], "6/": ["6/\\xfe.jpg"]}
