@@ -263,6 +263,21 @@ async def test_release_from_the_portfolio_page_and_the_panel(demo: Path) -> None
     assert "None: no write is waiting" in panel and 'id="release-all"' not in panel
 
 
+async def test_release_against_an_empty_storage_root_keeps_the_writes_held(demo: Path) -> None:
+    held = hold(demo)
+    before = {key: row_images(demo, key) for key in held}
+    (demo / "storage").rename(demo / "unmounted")
+    (demo / "storage").mkdir()  # the volume is not mounted: an empty root
+    async with console(demo_settings(demo)) as (http, _):
+        csrf = await token(http)
+        answer = await post(http, "/console/release", csrf=csrf)
+        still = keys((await http.get("/?only=held")).text)
+    assert answer.status_code == 409 and "Not released" in answer.text
+    reason = answer.text.split('id="reason">')[1].split("</p>")[0]
+    assert all(f"{key}: " in reason for key in held) and "holds nothing" in reason
+    assert still == held and {key: row_images(demo, key) for key in held} == before
+
+
 async def test_release_refused_from_another_machine_and_before_login(demo: Path) -> None:
     held = hold(demo)
     async with (

@@ -373,8 +373,11 @@ def test_release_held_writes_button(server: ServeProcess, demo: Path, watched: W
     shown = panel.locator("tr[data-key]").evaluate_all("rs => rs.map(r => r.dataset.key)")
     assert sorted(shown) == sorted(held)  # oldest first: the queue may run syncs side by side
     assert "rows were emptied by single syncs" in panel.inner_text()
+    panel.scroll_into_view_if_needed()
+    shoot(page, "held-1400")
     page.goto(f"{server.url}/p/{held[0]}")
     assert page.locator("#held").is_visible() and page.locator("#release").is_visible()
+    shoot(page, "held-portfolio-1400")
     page.goto(server.url + "/")
     page.locator("#release-all").click()
     page.wait_for_url(f"{server.url}/?done=release")

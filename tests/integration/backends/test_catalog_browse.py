@@ -55,6 +55,10 @@ def test_filters_on_our_state_table(world: World) -> None:
         assert browse(None, 10, only="error") == ["2", "4"]
         assert browse(None, 10, only="never") == ["3", "4", "5"]
         assert browse("3", 10, only="never", search="5") == ["5"]
+        schema.record_held(engine, "3", "held: test", {"removed": ["3/a.jpg"]})
+        schema.record_held(engine, "5", "held: test", {"removed": ["5/a.jpg"]})
+        assert browse(None, 10, only="held") == ["3", "5"]
+        assert browse("3", 10, only="held") == ["5"]
 
 
 def test_a_late_page_walks_the_primary_key(world: World) -> None:
