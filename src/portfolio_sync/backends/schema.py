@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from portfolio_sync.backends import db_errors
 from portfolio_sync.models import Plan
 
 metadata = sa.MetaData()
@@ -134,8 +135,18 @@ def current_version(conn: sa.Connection) -> int:
 def migrate(engine: sa.Engine) -> list[str]:
     """Bring our tables to the latest version; returns the steps applied (idempotent).
 
-    On PostgreSQL an advisory lock serialises concurrent `setup`/worker starts.
+    On PostgreSQL an advisory lock serialises concurrent `setup`/worker starts. A database
+    that is locked or goes away meanwhile is a one-line :class:`CatalogError` (start-up
+    must not end in a traceback); a step that did not commit is applied next time.
     """
+    try:
+        return _migrate(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        doing = "cannot upgrade portfolio-sync's own tables"
+        raise db_errors.explain(exc, doing=doing, engine=engine) from None
+
+
+def _migrate(engine: sa.Engine) -> list[str]:
     applied = []
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
