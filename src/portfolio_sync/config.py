@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     recursive: bool = False
     schedule: str = "*/15 * * * *"
     webhook_secret: str | None = None
+    read_secret: str | None = None
+    read_loopback_only: bool = False
     max_empty_share: float = Field(0.1, ge=0.0, le=1.0)
     max_empty_rows: int = Field(5, ge=0)
     guard_window: float = Field(600.0, ge=1.0)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from cronsim import CronSim
 
+from portfolio_sync import paging
 from portfolio_sync.backends import outbox, schema
 from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
 from portfolio_sync.errors import PortfolioSyncError, StorageError
@@ -435,40 +436,49 @@ class Runtime:
             self._wake_outbox.clear()
 
     # ---- reads for the HTTP layer -------------------------------------------------------
-    def portfolio(self, key: str) -> dict[str, Any] | None:
-        """Row images, folder listing, in-sync flag, last sync and last error (blocking)."""
+    def portfolio(
+        self, key: str, *, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any] | None:
+        """Row images, folder listing, in-sync flag, last sync and last error (blocking).
+
+        With ``limit``, ``columns`` and ``listing`` hold one page (`paging`): the paths
+        after ``after``, at most ``limit`` of them; ``next`` is the cursor of the next
+        page (None on the last). ``in_sync`` and ``totals`` always cover everything.
+        """
         svc = self.service
         row = svc.catalog.read_row(key)
         objects = svc.storage.list_prefix(self.layout.folder(key))
         state = schema.read_state(svc.catalog.engine, key)
         if row is None and not objects:
             return None
+        selected = self.layout.select(key, objects)
         listing = {
             c.column: sorted((o.path for o in found), key=natural_key)
-            for c, found in zip(
-                self.layout.collections, self.layout.select(key, objects), strict=True
-            )
+            for c, found in zip(self.layout.collections, selected, strict=True)
         }
         columns = {
             c.column: (row.values[i] if row else None)
             for i, c in enumerate(self.layout.collections)
         }
-        in_sync = (
-            row is not None
-            and not row.invalid
-            and plan(row, self.layout.select(key, objects), self.layout) is None
-        )
+        in_sync = row is not None and not row.invalid and plan(row, selected, self.layout) is None
+        every = [p for paths in (*listing.values(), *columns.values()) for p in paths or ()]
+        page = paging.page_range(every, after=after, limit=limit)
         return {
             "key": key,
             "row_exists": row is not None,
-            "columns": columns,
-            "listing": listing,
+            "columns": {c: page.cut(v) for c, v in columns.items()},
+            "listing": {c: page.cut(v) or [] for c, v in listing.items()},
             "in_sync": in_sync,
             "invalid": row.invalid if row else None,
             "last_synced_at": state and state["last_synced_at"],
             "last_error": state and state["last_error"],
             "attempts": state["attempts"] if state else 0,
             "held": _held(state),
+            "totals": {
+                c: {"row": None if columns[c] is None else len(columns[c] or ()), "listing": len(v)}
+                for c, v in listing.items()
+            },
+            "next": page.last if page.more else None,
         }
 
     def check_ready(self) -> dict[str, str]:
