@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,7 +156,6 @@ class Runtime:
         self.sources: dict[str, str] = {}  # background source -> "ok" or why it is down
         self._stop = asyncio.Event()
         self._wake_outbox = asyncio.Event()
-        self._seen_ids: OrderedDict[str, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -272,15 +270,13 @@ class Runtime:
     async def request_all(self, trigger: str) -> bool:
         return await self.queue.request_all(trigger)
 
-    def seen_before(self, message_id: str) -> bool:
-        """Remember webhook ids (bounded); True if this one was already processed."""
-        if message_id in self._seen_ids:
-            self._seen_ids.move_to_end(message_id)
-            return True
-        self._seen_ids[message_id] = None
-        while len(self._seen_ids) > 10_000:
-            self._seen_ids.popitem(last=False)
-        return False
+    async def seen_before(self, message_id: str) -> bool:
+        """True if this webhook-id was already processed, by this or any other instance on
+        the database in the last ``schema.WEBHOOK_ID_TTL``; else remembers it."""
+        claimed = await asyncio.to_thread(
+            schema.claim_webhook_id, self.service.catalog.autocommit_engine, message_id
+        )
+        return not claimed
 
     async def row_deleted(self, key: str, old_images: list[str] | None, trigger: str) -> bool:
         """A portfolio row was deleted: record it, report its folder if it still has one.

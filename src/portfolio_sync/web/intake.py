@@ -193,9 +193,9 @@ class Intake:
             verify_request(secret=secret, headers=request.headers, body=body)
         return body
 
-    def duplicate(self, request: Request, source: str) -> bool:
+    async def duplicate(self, request: Request, source: str) -> bool:
         message_id = request.headers.get("webhook-id")
-        if message_id and self.runtime.seen_before(message_id):
+        if message_id and await self.runtime.seen_before(message_id):
             self.events.labels(source, "duplicate").inc()
             logger.info(
                 "duplicate webhook ignored",
@@ -217,7 +217,7 @@ class Intake:
             raise
         if hook.subscribe_url is not None:
             return await self._subscription(hook, hook.subscribe_url)
-        if self.duplicate(request, "storage"):
+        if await self.duplicate(request, "storage"):
             return Queued(queued=[], ignored=len(hook.events), reason="duplicate webhook-id")
         if not hook.events:
             self.events.labels("storage", "skipped").inc()
@@ -319,7 +319,7 @@ class Intake:
         except PayloadError:
             self.events.labels("database", "rejected").inc()
             raise
-        if self.duplicate(request, "database"):
+        if await self.duplicate(request, "database"):
             return Queued(queued=[], ignored=1, reason="duplicate webhook-id")
         if event.type == "UPDATE" and only_images_changed(event, self.layout):
             self.events.labels("database", "own_write").inc()
