@@ -240,6 +240,46 @@ class World:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM write_log")).scalar_one())
 
+    def log_syncs(self) -> None:
+        """Count every finished sync of a row from the database's side, independently of
+        the product's report: each one (written, unchanged or failed) upserts the key's
+        ``portfolio_sync_state`` row, and a trigger there logs the key to ``sync_log``."""
+        from portfolio_sync.backends import schema
+
+        schema.migrate(self.engine)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE sync_log (key TEXT)"))
+            if self.postgres:
+                conn.execute(
+                    sa.text(
+                        "CREATE FUNCTION log_sync() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                        "BEGIN INSERT INTO sync_log VALUES (NEW.key); RETURN NEW; END $$"
+                    )
+                )
+                conn.execute(
+                    sa.text(
+                        "CREATE TRIGGER count_syncs AFTER INSERT OR UPDATE ON "
+                        "portfolio_sync_state FOR EACH ROW EXECUTE FUNCTION log_sync()"
+                    )
+                )
+            else:
+                for op in ("INSERT", "UPDATE"):
+                    conn.execute(
+                        sa.text(
+                            f"CREATE TRIGGER count_syncs_{op.lower()} AFTER {op} ON "
+                            "portfolio_sync_state BEGIN INSERT INTO sync_log VALUES (NEW.key); END"
+                        )
+                    )
+
+    def syncs(self, key: Any) -> int:
+        """Syncs of ``key`` finished since :meth:`log_syncs`."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM sync_log WHERE key = :k"), {"k": str(key)}
+                ).scalar_one()
+            )
+
     def written_keys(self) -> list[str]:
         with self.engine.connect() as conn:
             return sorted(
