@@ -164,26 +164,7 @@ class World:
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"CREATE TABLE {table} (id {key_sql}, title TEXT, {cols})"))
             conn.execute(sa.text("CREATE TABLE write_log (key TEXT, at_ms BIGINT)"))
-            if self.postgres:
-                conn.execute(
-                    sa.text(
-                        "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                        "BEGIN INSERT INTO write_log VALUES (NEW.id::text, 0); RETURN NEW; END $$"
-                    )
-                )
-                conn.execute(
-                    sa.text(
-                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                        "FOR EACH ROW EXECUTE FUNCTION log_write()"
-                    )
-                )
-            else:
-                conn.execute(
-                    sa.text(
-                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                        "BEGIN INSERT INTO write_log VALUES (NEW.id, 0); END"
-                    )
-                )
+            self._log_into(conn, "write_log", table, "UPDATE", "NEW.id::text, 0", "NEW.id, 0")
 
     def _encode(self, column: str) -> str:
         kind = self.column_types[column]
@@ -249,27 +230,26 @@ class World:
         schema.migrate(self.engine)
         with self.engine.begin() as conn:
             conn.execute(sa.text("CREATE TABLE sync_log (key TEXT)"))
-            if self.postgres:
-                conn.execute(
-                    sa.text(
-                        "CREATE FUNCTION log_sync() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                        "BEGIN INSERT INTO sync_log VALUES (NEW.key); RETURN NEW; END $$"
-                    )
+            for op in ("INSERT", "UPDATE"):
+                self._log_into(conn, "sync_log", "portfolio_sync_state", op, "NEW.key", "NEW.key")
+
+    def _log_into(
+        self, conn: sa.Connection, log: str, table: str, op: str, pg_values: str, values: str
+    ) -> None:
+        """A trigger appending ``values`` (``pg_values`` on PostgreSQL) to ``log`` after
+        each ``op`` on ``table``."""
+        name = f"{log}_{table}_{op}".lower()
+        if self.postgres:
+            conn.execute(
+                sa.text(
+                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    f"BEGIN INSERT INTO {log} VALUES ({pg_values}); RETURN NEW; END $$"
                 )
-                conn.execute(
-                    sa.text(
-                        "CREATE TRIGGER count_syncs AFTER INSERT OR UPDATE ON "
-                        "portfolio_sync_state FOR EACH ROW EXECUTE FUNCTION log_sync()"
-                    )
-                )
-            else:
-                for op in ("INSERT", "UPDATE"):
-                    conn.execute(
-                        sa.text(
-                            f"CREATE TRIGGER count_syncs_{op.lower()} AFTER {op} ON "
-                            "portfolio_sync_state BEGIN INSERT INTO sync_log VALUES (NEW.key); END"
-                        )
-                    )
+            )
+            action = f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        else:
+            action = f"BEGIN INSERT INTO {log} VALUES ({values}); END"
+        conn.execute(sa.text(f"CREATE TRIGGER {name} AFTER {op} ON {table} {action}"))
 
     def syncs(self, key: Any) -> int:
         """Syncs of ``key`` finished since :meth:`log_syncs`."""
