@@ -217,9 +217,9 @@ async def test_burst_for_one_key_costs_a_handful_of_syncs(world: World, burst: i
     world.create_table()
     world.insert(9, None)
     world.log_syncs()  # counted by the database, not by the product's metrics
-    # Follow-ups wait the debounce (2.5 s) each: a burst shorter than 10 s costs at most
+    # Follow-ups wait the debounce (4 s) each: a burst shorter than 16 s costs at most
     # five syncs even when a loaded machine stretches the requests out.
-    async with running(world, debounce=2.5, schedule="0 0 1 1 *") as runtime:
+    async with running(world, debounce=4.0, schedule="0 0 1 1 *") as runtime:
         base = world.syncs(9)
         for i in range(burst):
             world.put(f"9/img{i}.jpg") if i % 100 == 0 else None
