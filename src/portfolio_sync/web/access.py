@@ -31,9 +31,10 @@ import ipaddress
 import re
 
 from fastapi import HTTPException, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ForwardedFor", "client_address", "is_loopback", "require_read"]
+__all__ = ["CountRequests", "ForwardedFor", "client_address", "is_loopback", "require_read"]
 
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="portfolio-sync", charset="UTF-8"'}
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)', re.IGNORECASE)
@@ -166,3 +167,33 @@ def _host(value: str) -> str:
     if value.count(":") == 1:
         return value.partition(":")[0]
     return value
+
+
+class CountRequests:
+    """ASGI middleware counting every answered request in ``counter`` (labels method,
+    route template such as ``/sync/{key}`` or ``other``, status class such as ``4xx``),
+    so load and rejections are visible in ``/metrics`` with a fixed label set."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "other"
+            method = scope.get("method", "")
+            known = method if method in ("GET", "HEAD", "POST", "PUT", "DELETE") else "other"
+            self.counter.labels(known, route, f"{status // 100}xx" if status else "none").inc()

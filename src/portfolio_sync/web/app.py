@@ -139,6 +139,7 @@ def create_app(
     )
     http_errors.install(app)
     docs.install(app)
+    app.add_middleware(access.CountRequests, counter=runtime.metrics.http_requests)
     app.add_middleware(access.ForwardedFor)
     reads = asyncio.Semaphore(_PARALLEL_READS)
 

@@ -247,6 +247,13 @@ async def test_portfolio_read_has_iso_times(running: Any, world: World) -> None:
         assert data["columns"] == {"images": ["1/a.jpg"]} and data["in_sync"]
         assert data["last_synced_at"].endswith("Z") or "+00:00" in data["last_synced_at"]
         assert (await http.get("/portfolios/.git")).status_code == 404
+        text = (await http.get("/metrics")).text  # answered requests, by route template
+        for series in (
+            'method="GET",route="/portfolios/{key}",status="2xx"',
+            'method="GET",route="/portfolios/{key}",status="4xx"',
+            'method="POST",route="/sync/{key}",status="2xx"',
+        ):
+            assert "portfolio_sync_http_requests_total{" + series + "} 1.0" in text, series
 
 
 async def test_stopped_queue_is_503_and_crashes_are_json_500(running: Any) -> None:
