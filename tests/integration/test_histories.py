@@ -56,7 +56,11 @@ class History:
     keys: list[int] = field(init=False)
     files: dict[int, set[str]] = field(default_factory=dict)
     rows: set[int] = field(default_factory=set)
-    ever_empty: set[int] = field(default_factory=set)  # folders seen empty at some point
+    # When each folder last stopped being empty, and when each row was last seen holding
+    # images: a row seen with images after its folder's last empty moment can only be
+    # emptied again from a listing taken after that, which was not empty.
+    empty_until: dict[int, float] = field(default_factory=dict)
+    seen_full: dict[int, float] = field(default_factory=dict)
     delayed: list[tuple[int, dict[str, bool]]] = field(default_factory=list)
     last_event: dict[int, dict[str, bool]] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -67,10 +71,12 @@ class History:
         base = 10 * (self.seed + 1)
         self.keys = [base + i for i in range(KEYS_PER_HISTORY)]
         self.files = {key: set() for key in self.keys}
-        self.ever_empty = set(self.keys)  # every folder starts empty
 
     # ---- operations ---------------------------------------------------------------------
     async def run(self) -> None:
+        for key in self.keys:  # rows exist from the start (row ops may delete and re-add)
+            await asyncio.to_thread(self.world.insert, key, None)
+            self.rows.add(key)
         foreign = False
         for _ in range(OPERATIONS):
             op = self.rng.choice(
@@ -90,6 +96,7 @@ class History:
         key = self.rng.choice(self.keys)
         self.serial += 1
         path = f"{key}/img{self.serial}.jpg"
+        self.filling(key)
         await asyncio.to_thread(self.world.put, path)
         self.files[key].add(path)
         await self.event(key, {path: True})
@@ -101,8 +108,6 @@ class History:
         path = self.rng.choice(sorted(self.files[key]))
         await asyncio.to_thread(self.world.delete, path)
         self.files[key].discard(path)
-        if not self.files[key]:
-            self.ever_empty.add(key)
         await self.event(key, {path: False})
 
     async def move(self) -> None:
@@ -111,12 +116,11 @@ class History:
             return await self.upload()
         path = self.rng.choice(sorted(self.files[source]))
         moved = f"{target}/{path.partition('/')[2]}"
+        self.filling(target)
         await asyncio.to_thread(self.world.put, moved)
         await asyncio.to_thread(self.world.delete, path)
         self.files[source].discard(path)
         self.files[target].add(moved)
-        if not self.files[source]:
-            self.ever_empty.add(source)
         await self.event(target, {moved: True})
         await self.event(source, {path: False})
 
@@ -126,6 +130,7 @@ class History:
             key = self.rng.choice(missing)
             await asyncio.to_thread(self.world.insert, key, None)
             self.rows.add(key)
+            self.seen_full.pop(key, None)  # a new row
             self.log.append(f"insert row {key}")
 
     async def drop_row(self) -> None:
@@ -166,21 +171,33 @@ class History:
 
     # ---- checks -------------------------------------------------------------------------
     def current(self) -> dict[int, list[str] | None]:
-        with self.world.engine.connect() as conn:
-            found = conn.execute(
-                sa.text("SELECT id, images FROM portfolios WHERE id IN :keys").bindparams(
-                    sa.bindparam("keys", expanding=True)
-                ),
-                {"keys": self.keys},
-            ).all()
-        return {int(k): _decode(v) for k, v in found}
+        return rows_of(self.world, self.keys)
 
-    def sample(self) -> None:
-        for key, images in self.current().items():
-            assert images != [] or key in self.ever_empty, (
-                f"seed {self.seed}: row {key} seen emptied though its folder never was; "
-                f"history: {self.log}"
-            )
+    def filling(self, key: int) -> None:
+        """Call before a file lands in ``key``'s folder."""
+        if not self.files[key]:
+            self.empty_until[key] = time.monotonic()
+
+    def sample(
+        self, rows: dict[int, list[str] | None] | None = None, read_at: float | None = None
+    ) -> None:
+        """Check one observation of this history's rows: read now, or ``rows`` as read
+        starting at ``read_at`` (the start, so an operation running meanwhile is never
+        taken to come before the observation)."""
+        if rows is None:
+            read_at = time.monotonic()
+            rows = self.current()
+        assert read_at is not None
+        now = read_at
+        for key, images in rows.items():
+            if images:
+                self.seen_full[key] = now
+            elif images == [] and self.files[key]:
+                full, empty = self.seen_full.get(key), self.empty_until.get(key, 0.0)
+                assert full is None or full <= empty, (
+                    f"seed {self.seed}: row {key} seen emptied, its folder not empty since "
+                    f"the row was seen full; history: {self.log}"
+                )
 
     def converged(self) -> bool:
         """Every row of the history holds exactly its folder's images (a NULL row must
@@ -193,6 +210,31 @@ def _decode(value: Any) -> list[str] | None:
     if isinstance(value, str):
         return list(json.loads(value))
     return value  # type: ignore[no-any-return]
+
+
+def rows_of(world: World, keys: list[int]) -> dict[int, list[str] | None]:
+    with world.engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT id, images FROM portfolios WHERE id IN :keys").bindparams(
+                sa.bindparam("keys", expanding=True)
+            ),
+            {"keys": keys},
+        ).all()
+    return {int(k): _decode(v) for k, v in found}
+
+
+async def sample_while_running(batch: list[History]) -> None:
+    """Sample the rows of every history of the batch (one query) every few milliseconds
+    while the operations run, so a row emptied and repaired between two operations is
+    still seen."""
+    world = batch[0].world
+    keys = [key for history in batch for key in history.keys]
+    while True:
+        read_at = time.monotonic()
+        rows = await asyncio.to_thread(rows_of, world, keys)
+        for history in batch:
+            history.sample({k: rows[k] for k in history.keys if k in rows}, read_at)
+        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -222,7 +264,14 @@ async def test_random_histories_converge_and_never_wipe(world: World) -> None:
                 History(seed=s, world=world, runtime=runtime)
                 for s in seeds[start : start + PARALLEL]
             ]
-            await asyncio.gather(*(h.run() for h in batch))
+            sampler = asyncio.create_task(sample_while_running(batch))
+            try:
+                await asyncio.gather(*(h.run() for h in batch))
+            finally:
+                sampler.cancel()
+                outcome = await asyncio.gather(sampler, return_exceptions=True)
+            if isinstance(outcome[0], AssertionError):
+                raise outcome[0]
             ended = time.monotonic()
             for history in batch:
                 deadline = ended + CONVERGE_SECONDS
