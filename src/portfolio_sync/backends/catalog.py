@@ -244,9 +244,10 @@ class Catalog:
         value = self.key_value(key)
         if value is None:
             return None
-        sql = _names(
-            f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = "
-        ) + ":k"
+        sql = (
+            _names(f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = ")
+            + ":k"
+        )
         if conn is not None:
             try:
                 record = conn.execute(sa.text(sql), {"k": value}).first()
@@ -354,9 +355,7 @@ class Catalog:
             own = f"s.{self._quote('key')} = CAST(t.{key} AS TEXT)"
             clauses.append(BROWSE_FILTERS[only].format(state=self._quote(state), own=own))
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        sql = (
-            f"SELECT CAST(t.{key} AS TEXT) FROM {table} AS t {where}ORDER BY t.{key} LIMIT :n"
-        )
+        sql = f"SELECT CAST(t.{key} AS TEXT) FROM {table} AS t {where}ORDER BY t.{key} LIMIT :n"
         with self._connect(autocommit=True) as conn:
             return [str(k) for k in conn.execute(sa.text(sql), params).scalars()]
 
