@@ -316,7 +316,7 @@ async def test_portfolio_read_is_paged(running: Any, world: World) -> None:
 async def test_read_secret_guards_reads_not_health(running: Any, world: World) -> None:
     world.insert(1, None)
     async with running(client=("127.0.0.1", 4000), read_secret="r3ad") as (http, _, _):
-        for path in ("/portfolios/1", "/"):
+        for path in ("/portfolios/1", "/", "/p/1"):
             refused = await http.get(path)
             assert refused.status_code == 401 and "read secret" in refused.json()["error"]
             assert refused.headers["www-authenticate"].startswith("Basic ")
@@ -329,7 +329,8 @@ async def test_read_secret_guards_reads_not_health(running: Any, world: World) -
             {"Authorization": basic},
         ):
             assert (await http.get("/portfolios/1", headers=headers)).status_code == 200, headers
-        assert (await http.get("/", headers={"X-Read-Secret": "r3ad"})).status_code == 200
+        for path in ("/", "/p/1"):
+            assert (await http.get(path, headers={"X-Read-Secret": "r3ad"})).status_code == 200
         for path in ("/healthz", "/readyz", "/metrics"):
             assert (await http.get(path)).status_code == 200, path
 
