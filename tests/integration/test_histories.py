@@ -45,6 +45,7 @@ PARALLEL = 25  # histories at once (each on its own keys)
 KEYS_PER_HISTORY = 3
 OPERATIONS = 8
 CONVERGE_SECONDS = 30.0
+FOREIGN = "someone-else"  # the name foreign writes of the images column use
 
 
 @dataclass
@@ -145,7 +146,7 @@ class History:
     async def foreign(self) -> None:
         if self.rows:
             key = self.rng.choice(sorted(self.rows))
-            await asyncio.to_thread(self.world.set_images, key, [f"{key}/someone-else.jpg"])
+            await asyncio.to_thread(self.world.set_images, key, [f"{key}/{FOREIGN}.jpg"])
             self.log.append(f"foreign write {key}")
 
     async def pass_(self) -> None:
@@ -190,7 +191,9 @@ class History:
         assert read_at is not None
         now = read_at
         for key, images in rows.items():
-            if images:
+            # Only a value a sync derived from a listing counts: a foreign write is not
+            # evidence of any listing, and a stale pass may replace it from an older one.
+            if images and not any(FOREIGN in path for path in images):
                 self.seen_full[key] = now
             elif images == [] and self.files[key]:
                 full, empty = self.seen_full.get(key), self.empty_until.get(key, 0.0)
@@ -240,7 +243,9 @@ async def sample_while_running(batch: list[History]) -> None:
 @asynccontextmanager
 async def runtime_for(world: World) -> AsyncIterator[Runtime]:
     """The service's runtime with row triggers installed, no cron pass, short settles."""
-    with world.service(debounce=0.02, schedule="0 0 1 1 *") as svc:
+    # The generator's deletions are real: the streaming guard (which holds emptying writes
+    # past max_empty_rows in its window, for an operator) must not hold them here.
+    with world.service(debounce=0.02, schedule="0 0 1 1 *", max_empty_rows=10**9) as svc:
         if world.postgres:
             pg_setup.install(svc.catalog, svc.settings)
             options = QueueOptions(poll_interval=0.2, stall_timeout=5.0, backoff=1)

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from portfolio_sync.backends import db_errors
+from portfolio_sync.errors import CatalogError
 from portfolio_sync.models import Plan
 
 metadata = sa.MetaData()
@@ -375,6 +376,13 @@ def record_held(engine: sa.Engine, key: str, reason: str, write: dict[str, Any])
 
 def read_held(engine: sa.Engine, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Held writes (all, or of `keys`), oldest first."""
+    try:
+        return _read_held(engine, keys)
+    except sa.exc.SQLAlchemyError as exc:
+        raise CatalogError(f"reading held writes failed: {exc}") from exc
+
+
+def _read_held(engine: sa.Engine, keys: Sequence[str] | None) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(state.name) or current_version(conn) < 3:
             return []
