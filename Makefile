@@ -10,7 +10,7 @@ SCALE ?= default
 COMPILE = $(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra bench \
 	--universal --python-version 3.11 --no-header --quiet -o $(LOCK)
 
-.PHONY: demo test lint bench install clean lock upgrade-deps image-test
+.PHONY: demo test soak lint bench install clean lock upgrade-deps image-test
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Thousands of randomized histories per matrix (tests/integration/test_histories.py).
+HISTORIES ?= 3000
+soak: $(STAMP)
+	PORTFOLIO_SYNC_TEST_HISTORIES=$(HISTORIES) $(BIN)/python -m pytest -q -s -p no:timeout tests/integration/test_histories.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

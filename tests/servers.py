@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -486,6 +487,9 @@ _HOP_BY_HOP = frozenset(
 
 RequestKind = Literal["service", "bucket", "object", "moto-api"]
 
+#: What a ``CountingProxy`` does to requests while ``fault`` is set (see ``_ProxyHandler``).
+Fault = Literal["500", "slow", "reset", "truncate-listing"]
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RecordedRequest:
@@ -530,6 +534,12 @@ class CountingProxy:
         self._lock = threading.Lock()
         self._records: list[RecordedRequest] = []
         self._server: _ProxyServer | None = None
+        #: Injected fault, applied to every request until set back to None: "500" answers
+        #: an S3 InternalError, "slow" waits ``slow_seconds`` before forwarding, "reset"
+        #: drops the connection without an answer, "truncate-listing" sends half of each
+        #: bucket listing's body under the full Content-Length and closes.
+        self.fault: Fault | None = None
+        self.slow_seconds = 2.0
         self._thread: threading.Thread | None = None
 
     @property
@@ -612,14 +622,31 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         parts = urlsplit(self.path)
         status = 502
+        fault = proxy.fault
         try:
             body = self._read_body()
+            if fault == "500":
+                status = 500
+                error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+                self._reply(500, [("Content-Type", "application/xml")], error)
+                return
+            if fault == "reset":
+                status = 0
+                self._reset()
+                return
+            if fault == "slow":
+                time.sleep(proxy.slow_seconds)
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
             try:
                 status, reply_headers, data = self._upstream(proxy, headers, body)
             except (OSError, http.client.HTTPException) as exc:
                 self._reply(502, [("Content-Type", "text/plain")], f"upstream: {exc}".encode())
             else:
+                listing = self.command == "GET" and request_kind(parts.path) == "bucket"
+                if fault == "truncate-listing" and listing and status == 200:
+                    self._reply(status, reply_headers, data, cut=len(data) // 2)
+                    self._reset()
+                    return
                 self._reply(status, reply_headers, data)
         finally:
             proxy._record(
@@ -672,7 +699,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         finally:
             conn.close()
 
-    def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+    def _reply(
+        self, status: int, headers: list[tuple[str, str]], data: bytes, cut: int | None = None
+    ) -> None:
+        """Answer; with ``cut``, only that many bytes of ``data`` follow its full length."""
         self.send_response_only(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -680,7 +710,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD" and data:
-            self.wfile.write(data)
+            self.wfile.write(data if cut is None else data[:cut])
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset (SO_LINGER 0), answering nothing more."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

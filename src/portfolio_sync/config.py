@@ -33,7 +33,9 @@ DEFAULT_CONFIG_FILE = Path("portfolio-sync.toml")
 Order = Literal["name", "uploaded", "preserve"]
 SUPABASE_DB_SCHEME = "supabase-db"  # Supabase Storage read from its storage.objects table
 BUCKET_SCHEMES = ("s3", SUPABASE_DB_SCHEME)
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+#: One part of a table name. Names are always quoted in SQL, so quotes, spaces and any
+#: letter are fine; a dot separates the schema, and control characters are refused.
+_NAME_PART = re.compile(r"^[^\x00-\x1f\x7f.]+$")
 
 
 def _split_list(value: Any) -> Any:
@@ -133,6 +135,8 @@ class Settings(BaseSettings):
     recursive: bool = False
     schedule: str = "*/15 * * * *"
     webhook_secret: str | None = None
+    read_secret: str | None = None
+    read_loopback_only: bool = False
     max_empty_share: float = Field(0.1, ge=0.0, le=1.0)
     max_empty_rows: int = Field(5, ge=0)
     guard_window: float = Field(600.0, ge=1.0)
@@ -227,7 +231,7 @@ class Settings(BaseSettings):
     @field_validator("table")
     @classmethod
     def _table(cls, value: str) -> str:
-        if not all(_IDENTIFIER.match(part) for part in value.split(".")) or value.count(".") > 1:
+        if not all(_NAME_PART.match(part) for part in value.split(".")) or value.count(".") > 1:
             raise ValueError(f"table {value!r} must be a name or schema.name")
         return value
 

@@ -68,6 +68,12 @@ class Metrics:
             "Emptying writes held by the mass-deletion guard until an operator releases them.",
             registry=r,
         )
+        self.http_requests = Counter(
+            "portfolio_sync_http_requests",
+            "HTTP requests answered, by route template (not the raw path) and status class.",
+            ["method", "route", "status"],
+            registry=r,
+        )
         self.retries = Counter(
             "portfolio_sync_retries",
             "Failed attempts that will be retried or given up.",

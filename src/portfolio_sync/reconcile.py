@@ -243,10 +243,12 @@ class Reconciler:
         """
         started = time.perf_counter()
         report = PassReport(dry_run=dry_run)
-        # writes held for an operator stay held: only --force (or `release`) applies them
-        held = set() if force else {h["key"] for h in schema.read_held(self.catalog.engine)}
+        held: set[str] = set()  # filled below, where a database error stops the pass
         merge = _Merge(self, report, trigger=trigger, dry_run=dry_run, progress=progress, held=held)
         try:
+            # writes held for an operator stay held: only --force (or `release`) applies them
+            if not force:
+                held.update(h["key"] for h in schema.read_held(self.catalog.engine))
             with self.catalog.stream_rows() as rows:
                 folders = self.storage.iter_folders(self.layout.prefix)
                 merge.run(rows, folders)

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from cronsim import CronSim
 
+from portfolio_sync import paging
 from portfolio_sync.backends import outbox, schema
 from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
 from portfolio_sync.errors import PortfolioSyncError, StorageError
@@ -156,7 +156,6 @@ class Runtime:
         self.sources: dict[str, str] = {}  # background source -> "ok" or why it is down
         self._stop = asyncio.Event()
         self._wake_outbox = asyncio.Event()
-        self._seen_ids: OrderedDict[str, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -271,15 +270,13 @@ class Runtime:
     async def request_all(self, trigger: str) -> bool:
         return await self.queue.request_all(trigger)
 
-    def seen_before(self, message_id: str) -> bool:
-        """Remember webhook ids (bounded); True if this one was already processed."""
-        if message_id in self._seen_ids:
-            self._seen_ids.move_to_end(message_id)
-            return True
-        self._seen_ids[message_id] = None
-        while len(self._seen_ids) > 10_000:
-            self._seen_ids.popitem(last=False)
-        return False
+    async def seen_before(self, message_id: str) -> bool:
+        """True if this webhook-id was already processed, by this or any other instance on
+        the database in the last ``schema.WEBHOOK_ID_TTL``; else remembers it."""
+        claimed = await asyncio.to_thread(
+            schema.claim_webhook_id, self.service.catalog.autocommit_engine, message_id
+        )
+        return not claimed
 
     async def row_deleted(self, key: str, old_images: list[str] | None, trigger: str) -> bool:
         """A portfolio row was deleted: record it, report its folder if it still has one.
@@ -435,34 +432,38 @@ class Runtime:
             self._wake_outbox.clear()
 
     # ---- reads for the HTTP layer -------------------------------------------------------
-    def portfolio(self, key: str) -> dict[str, Any] | None:
-        """Row images, folder listing, in-sync flag, last sync and last error (blocking)."""
+    def portfolio(
+        self, key: str, *, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any] | None:
+        """Row images, folder listing, in-sync flag, last sync and last error (blocking).
+
+        With ``limit``, ``columns`` and ``listing`` hold one page (`paging`): the paths
+        after ``after``, at most ``limit`` of them; ``next`` is the cursor of the next
+        page (None on the last). ``in_sync`` and ``totals`` always cover everything.
+        """
         svc = self.service
         row = svc.catalog.read_row(key)
         objects = svc.storage.list_prefix(self.layout.folder(key))
         state = schema.read_state(svc.catalog.engine, key)
         if row is None and not objects:
             return None
+        selected = self.layout.select(key, objects)
         listing = {
             c.column: sorted((o.path for o in found), key=natural_key)
-            for c, found in zip(
-                self.layout.collections, self.layout.select(key, objects), strict=True
-            )
+            for c, found in zip(self.layout.collections, selected, strict=True)
         }
         columns = {
             c.column: (row.values[i] if row else None)
             for i, c in enumerate(self.layout.collections)
         }
-        in_sync = (
-            row is not None
-            and not row.invalid
-            and plan(row, self.layout.select(key, objects), self.layout) is None
-        )
+        in_sync = row is not None and not row.invalid and plan(row, selected, self.layout) is None
+        every = [p for paths in (*listing.values(), *columns.values()) for p in paths or ()]
+        page = paging.page_range(every, after=after, limit=limit)
         return {
             "key": key,
             "row_exists": row is not None,
-            "columns": columns,
-            "listing": listing,
+            "columns": {c: page.cut(v) for c, v in columns.items()},
+            "listing": {c: page.cut(v) or [] for c, v in listing.items()},
             "in_sync": in_sync,
             "invalid": row.invalid if row else None,
             "last_synced_at": state and state["last_synced_at"],
@@ -470,6 +471,11 @@ class Runtime:
             "attempts": state["attempts"] if state else 0,
             "held": _held(state),
             "skipped_names": self._skipped_in(key),
+            "totals": {
+                c: {"row": None if columns[c] is None else len(columns[c] or ()), "listing": len(v)}
+                for c, v in listing.items()
+            },
+            "next": page.last if page.more else None,
         }
 
     def _skipped_in(self, key: str) -> list[str]:

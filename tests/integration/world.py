@@ -164,26 +164,7 @@ class World:
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"CREATE TABLE {table} (id {key_sql}, title TEXT, {cols})"))
             conn.execute(sa.text("CREATE TABLE write_log (key TEXT, at_ms BIGINT)"))
-            if self.postgres:
-                conn.execute(
-                    sa.text(
-                        "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                        "BEGIN INSERT INTO write_log VALUES (NEW.id::text, 0); RETURN NEW; END $$"
-                    )
-                )
-                conn.execute(
-                    sa.text(
-                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                        "FOR EACH ROW EXECUTE FUNCTION log_write()"
-                    )
-                )
-            else:
-                conn.execute(
-                    sa.text(
-                        f"CREATE TRIGGER count_writes AFTER UPDATE ON {table} "
-                        "BEGIN INSERT INTO write_log VALUES (NEW.id, 0); END"
-                    )
-                )
+            self._log_into(conn, "write_log", table, "UPDATE", "NEW.id::text, 0", "NEW.id, 0")
 
     def _encode(self, column: str) -> str:
         kind = self.column_types[column]
@@ -239,6 +220,45 @@ class World:
     def writes(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM write_log")).scalar_one())
+
+    def log_syncs(self) -> None:
+        """Count every finished sync of a row from the database's side, independently of
+        the product's report: each one (written, unchanged or failed) upserts the key's
+        ``portfolio_sync_state`` row, and a trigger there logs the key to ``sync_log``."""
+        from portfolio_sync.backends import schema
+
+        schema.migrate(self.engine)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE sync_log (key TEXT)"))
+            for op in ("INSERT", "UPDATE"):
+                self._log_into(conn, "sync_log", "portfolio_sync_state", op, "NEW.key", "NEW.key")
+
+    def _log_into(
+        self, conn: sa.Connection, log: str, table: str, op: str, pg_values: str, values: str
+    ) -> None:
+        """A trigger appending ``values`` (``pg_values`` on PostgreSQL) to ``log`` after
+        each ``op`` on ``table``."""
+        name = f"{log}_{table}_{op}".lower()
+        if self.postgres:
+            conn.execute(
+                sa.text(
+                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    f"BEGIN INSERT INTO {log} VALUES ({pg_values}); RETURN NEW; END $$"
+                )
+            )
+            action = f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        else:
+            action = f"BEGIN INSERT INTO {log} VALUES ({values}); END"
+        conn.execute(sa.text(f"CREATE TRIGGER {name} AFTER {op} ON {table} {action}"))
+
+    def syncs(self, key: Any) -> int:
+        """Syncs of ``key`` finished since :meth:`log_syncs`."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM sync_log WHERE key = :k"), {"k": str(key)}
+                ).scalar_one()
+            )
 
     def written_keys(self) -> list[str]:
         with self.engine.connect() as conn:

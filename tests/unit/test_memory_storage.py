@@ -40,13 +40,22 @@ def folders(storage: MemoryStorage, prefix: str = "") -> list[tuple[str, list[st
 class _ListingS3(S3Storage):
     """The real S3 grouping algorithm fed a byte-ordered listing, without a server."""
 
+    page_size = 3  # several pages, like a real listing
+    list_workers = 1  # the sequential listing (parallel ranges: tests/unit/test_s3_ranges.py)
+
     def __init__(self, paths: list[str]) -> None:
         self._paths = sorted(paths, key=lambda p: p.encode("utf-8", "surrogateescape"))
 
-    def _pages(self, prefix: str) -> Iterator[list[ObjectInfo]]:
-        found = [ObjectInfo(path=p, size=1, mtime=1.0) for p in self._paths if p.startswith(prefix)]
-        for start in range(0, len(found), 3):  # several pages, like a real listing
-            yield found[start : start + 3]
+    def _pages(
+        self, prefix: str, *, after: str | None = None, pages: int | None = None
+    ) -> Iterator[list[ObjectInfo]]:
+        found = [
+            ObjectInfo(path=p, size=1, mtime=1.0)
+            for p in self._paths
+            if p.startswith(prefix) and (after is None or p > after)
+        ]
+        for start in range(0, len(found), self.page_size):
+            yield found[start : start + self.page_size]
 
 
 # ---- the ordering contract -------------------------------------------------------------

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from portfolio_sync.backends import schema
+from portfolio_sync.backends import db_errors, schema
 from portfolio_sync.errors import CatalogError, ConfigError
 from portfolio_sync.models import Plan, Row
 
@@ -61,12 +61,14 @@ def create_engine(url: str) -> sa.Engine:
     The pragmas apply to our connections only; the application's keep their own.
     """
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        timeout = db_errors.sqlite_lock_timeout(sa.make_url(url))
+        engine = sa.create_engine(url, connect_args={"timeout": timeout})
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may wait
+            # first: switching to WAL may wait
+            cursor.execute(f"PRAGMA busy_timeout={round(timeout * 1000)}")
             cursor.execute("PRAGMA journal_mode=WAL")
             # No fsync per commit (WAL still keeps the file consistent): a commit lost to a
             # power cut is re-derived from storage by the next sync, and the fsync was most
@@ -123,7 +125,7 @@ class Catalog:
             raise ConfigError(f"database {self.dialect!r} is not supported")
         schema_name, _, table_name = table.rpartition(".")
         self.table_name = table
-        quote = engine.dialect.identifier_preparer.quote
+        quote = identifier_quoter(engine.dialect)
         self._table_sql = (
             f"{quote(schema_name)}.{quote(table_name)}" if schema_name else quote(table_name)
         )
@@ -134,7 +136,9 @@ class Catalog:
         except sa.exc.NoSuchTableError:
             raise CatalogError(f"table {table!r} does not exist in {self.describe()}") from None
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"cannot read table {table!r}: {exc}") from exc
+            raise db_errors.explain(
+                exc, doing=f"cannot read table {table!r}", engine=engine
+            ) from None
         if key_column not in reflected.c:
             raise ConfigError(f"table {table!r} has no key column {key_column!r}")
         self.key_kind = _key_kind(reflected.c[key_column].type)
@@ -241,7 +245,10 @@ class Catalog:
         value = self.key_value(key)
         if value is None:
             return None
-        sql = f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = :k"
+        sql = (
+            _names(f"SELECT {self._select_list()} FROM {self._table_sql} WHERE {self._key_sql} = ")
+            + ":k"
+        )
         if conn is not None:
             try:
                 record = conn.execute(sa.text(sql), {"k": value}).first()
@@ -332,33 +339,33 @@ class Catalog:
         100k on SQLite against 0.7 ms). `search` keeps keys containing it; `only` keeps
         the keys a `BROWSE_FILTERS` condition on our state table selects.
         """
+        key, table = _names(self._key_sql), _names(self._table_sql)
         state = schema.state.name
         clauses: list[str] = []
         params: dict[str, Any] = {"n": limit}
         if after is not None:
             value = self.key_value(after)
             if value is not None:
-                clauses.append(f"t.{self._key_sql} > CAST(:after AS {self._key_type})")
+                clauses.append(f"t.{key} > CAST(:after AS {self._key_type})")
                 params["after"] = value
         if search:
             escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append(f"CAST(t.{self._key_sql} AS TEXT) LIKE :search ESCAPE '\\'")
+            clauses.append(f"CAST(t.{key} AS TEXT) LIKE :search ESCAPE '\\'")
             params["search"] = f"%{escaped}%"
         if only is not None:
-            own = f"s.{self._quote('key')} = CAST(t.{self._key_sql} AS TEXT)"
+            own = f"s.{self._quote('key')} = CAST(t.{key} AS TEXT)"
             clauses.append(BROWSE_FILTERS[only].format(state=self._quote(state), own=own))
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        sql = (
-            f"SELECT CAST(t.{self._key_sql} AS TEXT) FROM {self._table_sql} AS t {where}"
-            f"ORDER BY t.{self._key_sql} LIMIT :n"
-        )
+        sql = f"SELECT CAST(t.{key} AS TEXT) FROM {table} AS t {where}ORDER BY t.{key} LIMIT :n"
         with self._connect(autocommit=True) as conn:
             return [str(k) for k in conn.execute(sa.text(sql), params).scalars()]
 
     def count_rows(self) -> int:
         with self._connect() as conn:
             return int(
-                conn.execute(sa.text(f"SELECT count(*) FROM {self._table_sql}")).scalar_one()
+                conn.execute(
+                    sa.text(_names(f"SELECT count(*) FROM {self._table_sql}"))
+                ).scalar_one()
             )
 
     def count_nonempty(self) -> int:
@@ -482,6 +489,29 @@ class Catalog:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise CatalogError(f"database error on {self.table_name}: {exc}") from exc
+
+
+def identifier_quoter(dialect: sa.Dialect) -> Callable[[str], str]:
+    """The dialect's identifier quoting (a ``"`` inside a name is doubled; plain lower-case
+    names stay bare), for SQL text exactly as the server reads it.
+
+    SQLAlchemy's own ``quote()`` also doubles ``%`` for drivers with ``%s`` parameters,
+    expecting to hand the statement to them with parameters. Ours reaches the driver in
+    several ways (DDL and cursors without parameters, ``sa.text()`` which doubles ``%``
+    itself), so names are kept exact here and a caller passing parameters straight to the
+    driver escapes the whole statement (see ``_cas_postgres``).
+    """
+    quote = dialect.identifier_preparer.quote
+    if dialect.paramstyle not in ("format", "pyformat"):
+        return quote
+    return lambda name: quote(name).replace("%%", "%")
+
+
+def _names(sql: str) -> str:
+    """SQL made of quoted names and no parameters, made safe for ``sa.text()``: a colon in
+    a name (``"a:b"``) would otherwise be read as a bind parameter. Append the ``:param``
+    markers after this."""
+    return sql.replace(":", "\\:")
 
 
 def _key_kind(col_type: sa.types.TypeEngine[Any]) -> KeyKind:

@@ -223,7 +223,8 @@ def print_sql(
         "-- 1. procrastinate's schema, only if procrastinate_jobs is missing\n"
         "--    (print it with: procrastinate schema --read), and an index the job fetch\n"
         f"--    needs (kept by --uninstall, like the queue's tables):\n--    {pq.LOCK_INDEX_SQL};\n"
-        f"-- 2. portfolio-sync's tables (portfolio_sync_meta, _state, _history, _outbox),\n"
+        f"-- 2. portfolio-sync's tables (portfolio_sync_meta, _state, _history, _outbox,\n"
+        "--    _webhook_ids),\n"
         f"--    migrations 1..{schema.LATEST}.\n"
         "-- 3. job triggers, in the same transaction as step 1:\n"
     )

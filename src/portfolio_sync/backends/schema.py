@@ -8,13 +8,16 @@ under a lock; `schema_version` in `portfolio_sync_meta` records how far a databa
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from portfolio_sync.backends import db_errors
+from portfolio_sync.errors import CatalogError
 from portfolio_sync.models import Plan
 
 metadata = sa.MetaData()
@@ -89,6 +92,21 @@ emptying = sa.Table(
 _HELD_COLUMNS = ("held_at", "held_reason", "held_write")
 
 
+#: Standard Webhooks ``webhook-id`` values already acted on (digests), shared by every
+#: process on the database and kept across restarts for ``WEBHOOK_ID_TTL``.
+webhook_ids = sa.Table(
+    "portfolio_sync_webhook_ids",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("portfolio_sync_webhook_ids_seen_at", "seen_at"),
+)
+
+#: How long a webhook-id is remembered: senders retry a failed delivery for hours (Svix
+#: for about a day), and a delivery they retry after success must still be recognised.
+WEBHOOK_ID_TTL = timedelta(hours=26)
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
         table.create(conn, checkfirst=True)
@@ -110,10 +128,15 @@ def _v3(conn: sa.Connection) -> None:
     emptying.create(conn, checkfirst=True)
 
 
+def _v4(conn: sa.Connection) -> None:
+    webhook_ids.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
     (3, "held writes and the streaming guard's window", _v3),
+    (4, "webhook ids seen (dedup shared by all instances)", _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -134,8 +157,18 @@ def current_version(conn: sa.Connection) -> int:
 def migrate(engine: sa.Engine) -> list[str]:
     """Bring our tables to the latest version; returns the steps applied (idempotent).
 
-    On PostgreSQL an advisory lock serialises concurrent `setup`/worker starts.
+    On PostgreSQL an advisory lock serialises concurrent `setup`/worker starts. A database
+    that is locked or goes away meanwhile is a one-line :class:`CatalogError` (start-up
+    must not end in a traceback); a step that did not commit is applied next time.
     """
+    try:
+        return _migrate(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        doing = "cannot upgrade portfolio-sync's own tables"
+        raise db_errors.explain(exc, doing=doing, engine=engine) from None
+
+
+def _migrate(engine: sa.Engine) -> list[str]:
     applied = []
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -343,6 +376,13 @@ def record_held(engine: sa.Engine, key: str, reason: str, write: dict[str, Any])
 
 def read_held(engine: sa.Engine, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Held writes (all, or of `keys`), oldest first."""
+    try:
+        return _read_held(engine, keys)
+    except sa.exc.SQLAlchemyError as exc:
+        raise CatalogError(f"reading held writes failed: {exc}") from exc
+
+
+def _read_held(engine: sa.Engine, keys: Sequence[str] | None) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(state.name) or current_version(conn) < 3:
             return []
@@ -361,6 +401,33 @@ def count_held(engine: sa.Engine) -> int:
             return 0
         query = sa.select(sa.func.count()).where(state.c.held_at.is_not(None))
         return int(conn.execute(query).scalar_one())
+
+
+def claim_webhook_id(engine: sa.Engine, message_id: str) -> bool:
+    """Record a webhook-id; False if it was recorded less than ``WEBHOOK_ID_TTL`` ago (a
+    duplicate delivery). One statement, so two instances receiving the same delivery at
+    once cannot both claim it: the primary key decides. Expired ids are pruned as we go.
+    """
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    at = now()
+    cutoff = at - WEBHOOK_ID_TTL
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        stmt = insert(webhook_ids).values(digest=digest, seen_at=at)
+        # RETURNING, not rowcount: psycopg reports no count for this statement here.
+        claimed = conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[webhook_ids.c.digest],
+                set_={"seen_at": stmt.excluded.seen_at},
+                where=webhook_ids.c.seen_at < cutoff,
+            ).returning(webhook_ids.c.digest)
+        ).first()
+        if claimed and digest.startswith("00"):  # about one claim in 256 prunes
+            conn.execute(sa.delete(webhook_ids).where(webhook_ids.c.seen_at < cutoff))
+    return claimed is not None
 
 
 def read_history(engine: sa.Engine, key: str, limit: int = 50) -> list[dict[str, Any]]:

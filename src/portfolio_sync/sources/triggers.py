@@ -19,6 +19,12 @@ from dataclasses import dataclass
 TRIGGER_PREFIX = "portfolio_sync_"
 
 
+def literal(value: str) -> str:
+    """A SQL string literal: SQLite, and PostgreSQL with standard_conforming_strings (the
+    default since 9.1), read a doubled quote as one and nothing else specially."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def sqlite_trigger_names(table: str) -> list[str]:
     base = TRIGGER_PREFIX + table.replace(".", "_")
     return [f"{base}_insert", f"{base}_update", f"{base}_delete"]
@@ -35,7 +41,7 @@ def sqlite_install(
     """Statements (drop + create, so re-running `setup` picks up new columns)."""
     t, k = quote(table), quote(key)
     ins, upd, dele = sqlite_trigger_names(table)
-    old_images = "json_object(" + ", ".join(f"'{c}', OLD.{quote(c)}" for c in images) + ")"
+    old_images = "json_object(" + ", ".join(f"{literal(c)}, OLD.{quote(c)}" for c in images) + ")"
     watched = ", ".join(quote(c) for c in [key, *others])
     return [
         *(f"DROP TRIGGER IF EXISTS {quote(name)}" for name in (ins, upd, dele)),
@@ -82,11 +88,6 @@ class JobTarget:
     task: str
     lock_prefix: str
     debounce: float = 0.0  # settle time of a job deferred while its key runs
-
-
-def literal(value: str) -> str:
-    """A SQL string literal (standard_conforming_strings, the default since PostgreSQL 9.1)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def slug(*parts: str) -> str:

@@ -17,19 +17,23 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from portfolio_sync import paging
 from portfolio_sync.errors import PayloadError
 from portfolio_sync.queue import ALL
 from portfolio_sync.runtime import Runtime
-from portfolio_sync.web import dashboard, docs
+from portfolio_sync.web import access, dashboard, docs
 from portfolio_sync.web import errors as http_errors
 from portfolio_sync.web.errors import ErrorBody
 from portfolio_sync.web.intake import Intake, Queued, key_problem
 
 __all__ = ["create_app"]
+
+#: Portfolio reads at once; more wait. Each holds its folder's whole listing meanwhile.
+_PARALLEL_READS = 4
 
 
 class Health(BaseModel):
@@ -54,8 +58,17 @@ class Held(BaseModel):
     new: Annotated[list[list[str]], Field(description="Per images column, what it would write.")]
 
 
+class PortfolioTotals(BaseModel):
+    row: Annotated[int | None, Field(description="Values in the row (null: NULL).")]
+    listing: Annotated[int, Field(description="Images in the folder.")]
+
+
 class Portfolio(BaseModel):
-    """A portfolio as both sides see it right now."""
+    """A portfolio as both sides see it right now, one page of paths at a time.
+
+    ``columns`` and ``listing`` hold the paths of one page: at most ``limit`` paths in
+    natural order after ``after``, cut from both sides alike (see ``paging``).
+    """
 
     key: str
     row_exists: bool
@@ -72,6 +85,14 @@ class Portfolio(BaseModel):
     attempts: int
     held: Annotated[
         Held | None, Field(description="A write held for `portfolio-sync release`, if any.")
+    ] = None
+    totals: Annotated[
+        dict[str, PortfolioTotals],
+        Field(description="Whole-portfolio counts per column (every page)."),
+    ] = {}
+    next: Annotated[
+        str | None,
+        Field(description="Cursor of the next page (pass it as `after`); null on the last."),
     ] = None
 
 
@@ -118,6 +139,9 @@ def create_app(
     )
     http_errors.install(app)
     docs.install(app)
+    app.add_middleware(access.CountRequests, counter=runtime.metrics.http_requests)
+    app.add_middleware(access.ForwardedFor)
+    reads = asyncio.Semaphore(_PARALLEL_READS)
 
     @app.post(
         "/hooks/storage",
@@ -182,12 +206,24 @@ def create_app(
         tags=["read"],
         responses={404: {"model": ErrorBody}, 503: _ERRORS[503]},
         summary="One portfolio: row, listing, sync state",
-        description="Read live from both sides, so `in_sync` is current.",
+        description="Read live from both sides, so `in_sync` is current. Paths come in "
+        "pages: at most `limit` paths (natural order) after the cursor `after`, cut "
+        "alike from the row and the listing; `next` is the next page's cursor.",
+        dependencies=[Depends(access.require_read)],
     )
-    async def portfolio(key: str) -> Portfolio:
+    async def portfolio(
+        key: str,
+        limit: Annotated[
+            int, Query(ge=1, le=paging.MAX_LIMIT, description="Paths per page.")
+        ] = paging.DEFAULT_LIMIT,
+        after: Annotated[
+            str | None, Query(max_length=4096, description="`next` of the previous page.")
+        ] = None,
+    ) -> Portfolio:
         if key_problem(runtime.layout, key):
             raise PayloadError(f"no portfolio {key[:100]!r}", status=404)
-        found = await asyncio.to_thread(runtime.portfolio, key)
+        async with reads:  # each read holds a whole listing in memory while it runs
+            found = await asyncio.to_thread(runtime.portfolio, key, limit=limit, after=after)
         if found is None:
             raise PayloadError(f"no portfolio {key[:100]!r}: no row, no folder", status=404)
         if found.get("held"):
@@ -239,7 +275,7 @@ def create_app(
         await asyncio.to_thread(runtime.refresh_held)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    dashboard.install(app, runtime)
+    dashboard.install(app, runtime, read_guard=[Depends(access.require_read)])
     return app
 
 

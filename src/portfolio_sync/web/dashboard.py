@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -56,14 +56,15 @@ FLASH = {
 }
 
 
-def install(app: FastAPI, runtime: Runtime) -> None:
-    """Mount the console on `app`: pages, actions, static assets, session rules."""
+def install(app: FastAPI, runtime: Runtime, *, read_guard: Sequence[Any] = ()) -> None:
+    """Mount the console on `app`: pages, actions, static assets, session rules.
+    `read_guard`: dependencies every page takes (``access.require_read``)."""
     from portfolio_sync.web import actions
 
     app.state.runtime = runtime
     app.state.console_auth = ConsoleAuth(runtime.settings.webhook_secret)
     app.mount("/static", StaticFiles(directory=str(_STATIC)), name="static")
-    app.include_router(router)
+    app.include_router(router, dependencies=list(read_guard))
     app.include_router(actions.router)
 
 

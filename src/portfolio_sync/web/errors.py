@@ -10,6 +10,8 @@ Every error body is ``{"error": "<reason>"}``. The mapping:
   request and retrying later is the right move.
 * ``ClientDisconnect`` → 400: the client went away while sending its body; nobody reads
   this answer, but it must not count as a server error.
+* FastAPI's ``RequestValidationError`` (a query parameter out of range) → 422 naming
+  the parameter and the rule.
 * Starlette's ``HTTPException`` (404, 405, ...) → its status with the same body shape.
 * Anything else → 500, logged with its traceback by ``CatchAll``. Malformed input must
   never get here: a 500 is a bug, and the fuzz tests treat it as one.
@@ -21,6 +23,7 @@ import logging
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -75,6 +78,15 @@ async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "client disconnected while sending the body")
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    reasons = [
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()
+    ]
+    return error_response(422, "; ".join(reasons) or "invalid request")
+
+
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
@@ -87,6 +99,7 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(CatchAll)
 
 

@@ -20,7 +20,6 @@ written by the reconciler alone. Rules shared by every POST:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
@@ -45,13 +44,16 @@ from portfolio_sync.sources.webhooks import (
     parse_database_payload,
     parse_storage_payload,
 )
+from portfolio_sync.web.access import is_loopback
 
 __all__ = ["Intake", "Queued", "key_problem"]
 
 logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 512
-_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+#: ``sns.<region>.amazonaws.com(.cn)``; a region is ``us-east-1``, ``us-gov-west-1``,
+#: ``cn-north-1``…, so ``sns.s3.amazonaws.com`` (an S3 bucket's host) does not match.
+_SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-[0-9]+\.amazonaws\.com(\.cn)?")
 
 
 class Queued(BaseModel):
@@ -82,16 +84,6 @@ def key_problem(layout: Layout, key: str) -> str | None:
     except UnicodeEncodeError:
         return "key is not valid Unicode"
     return None
-
-
-def is_loopback(host: str | None) -> bool:
-    try:
-        address = ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def table_matches(configured: str, event: RowEvent) -> bool:
@@ -201,9 +193,9 @@ class Intake:
             verify_request(secret=secret, headers=request.headers, body=body)
         return body
 
-    def duplicate(self, request: Request, source: str) -> bool:
+    async def duplicate(self, request: Request, source: str) -> bool:
         message_id = request.headers.get("webhook-id")
-        if message_id and self.runtime.seen_before(message_id):
+        if message_id and await self.runtime.seen_before(message_id):
             self.events.labels(source, "duplicate").inc()
             logger.info(
                 "duplicate webhook ignored",
@@ -225,7 +217,7 @@ class Intake:
             raise
         if hook.subscribe_url is not None:
             return await self._subscription(hook, hook.subscribe_url)
-        if self.duplicate(request, "storage"):
+        if await self.duplicate(request, "storage"):
             return Queued(queued=[], ignored=len(hook.events), reason="duplicate webhook-id")
         if not hook.events:
             self.events.labels("storage", "skipped").inc()
@@ -327,7 +319,7 @@ class Intake:
         except PayloadError:
             self.events.labels("database", "rejected").inc()
             raise
-        if self.duplicate(request, "database"):
+        if await self.duplicate(request, "database"):
             return Queued(queued=[], ignored=1, reason="duplicate webhook-id")
         if event.type == "UPDATE" and only_images_changed(event, self.layout):
             self.events.labels("database", "own_write").inc()

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import Request, Response
 
 from portfolio_sync.errors import PayloadError
-from portfolio_sync.web.intake import is_loopback
+from portfolio_sync.web.access import is_loopback
 
 COOKIE = "portfolio_sync_session"
 SESSION_SECONDS = 12 * 3600

@@ -5,6 +5,7 @@ stopped queue, which a subprocess cannot easily give.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -84,12 +85,16 @@ def row(kind: str, **parts: Any) -> dict[str, Any]:
 def test_subscribe_url_must_be_an_sns_endpoint() -> None:
     assert subscribe_url_ok(SNS_URL)
     assert subscribe_url_ok("https://sns.cn-north-1.amazonaws.com.cn/?Action=x")
+    assert subscribe_url_ok("https://sns.us-gov-west-1.amazonaws.com/?Action=x")
+    assert subscribe_url_ok("https://sns.ap-southeast-2.amazonaws.com/?Action=x")
     for bad in (
         "http://sns.us-east-1.amazonaws.com/",
         "https://sns.us-east-1.amazonaws.com.evil.example/",
         "https://evil.example/?sns.us-east-1.amazonaws.com",
         "https://user@sns.us-east-1.amazonaws.com/",
         "https://sns.us-east-1.amazonaws.com:8443/",
+        "https://sns.s3.amazonaws.com/",  # an S3 bucket named "sns", not the SNS service
+        "https://sns.amazonaws.com/",
         "https://[::1/",
         "",
     ):
@@ -242,6 +247,13 @@ async def test_portfolio_read_has_iso_times(running: Any, world: World) -> None:
         assert data["columns"] == {"images": ["1/a.jpg"]} and data["in_sync"]
         assert data["last_synced_at"].endswith("Z") or "+00:00" in data["last_synced_at"]
         assert (await http.get("/portfolios/.git")).status_code == 404
+        text = (await http.get("/metrics")).text  # answered requests, by route template
+        for series in (
+            'method="GET",route="/portfolios/{key}",status="2xx"',
+            'method="GET",route="/portfolios/{key}",status="4xx"',
+            'method="POST",route="/sync/{key}",status="2xx"',
+        ):
+            assert "portfolio_sync_http_requests_total{" + series + "} 1.0" in text, series
 
 
 async def test_stopped_queue_is_503_and_crashes_are_json_500(running: Any) -> None:
@@ -261,3 +273,94 @@ async def test_stopped_queue_is_503_and_crashes_are_json_500(running: Any) -> No
         assert (await http.get("/nowhere")).json() == {"error": "Not Found"}
         wrong = await http.get("/sync")
         assert wrong.status_code == 405 and "POST" in wrong.headers["allow"]
+
+
+# ---- paged and protected reads ---------------------------------------------------------------
+
+
+async def test_portfolio_read_is_paged(running: Any, world: World) -> None:
+    """A 2,500-file folder comes in pages of `limit` paths; following `next` gives every
+    path once, from the row and the listing alike."""
+    names = [f"1/img{i}.jpg" for i in range(2500)]
+    for name in names:
+        world.put(name)
+    world.insert(1, [*names[:2000], "1/gone.jpg"])
+    async with running() as (http, _, _):
+        first = await http.get("/portfolios/1")
+        assert first.status_code == 200
+        data = first.json()
+        on_page = set(data["listing"]["images"]) | set(data["columns"]["images"])
+        assert len(on_page) == 1000 and len(first.content) < 120_000
+        assert data["totals"] == {"images": {"row": 2001, "listing": 2500}}
+        assert not data["in_sync"] and data["next"] == data["listing"]["images"][-1]
+        listed, in_row, after, pages = [], [], None, 0
+        while True:
+            query = {"limit": 700} | ({"after": after} if after else {})
+            page = (await http.get("/portfolios/1", params=query)).json()
+            assert len(page["listing"]["images"]) <= 700 and len(page["columns"]["images"]) <= 700
+            listed += page["listing"]["images"]
+            in_row += page["columns"]["images"]
+            pages, after = pages + 1, page["next"]
+            if after is None:
+                break
+        assert pages == 4
+        assert sorted(listed) == sorted(names) and len(listed) == len(set(listed))
+        assert sorted(in_row) == sorted([*names[:2000], "1/gone.jpg"])
+        for bad in ({"limit": 0}, {"limit": 10_001}, {"limit": "x"}):
+            answer = await http.get("/portfolios/1", params=bad)
+            assert answer.status_code == 422 and answer.json()["error"], bad
+        last = await http.get("/portfolios/1", params={"after": "1/zzz.jpg"})
+        assert last.json()["listing"] == {"images": []} and last.json()["next"] is None
+
+
+async def test_read_secret_guards_reads_not_health(running: Any, world: World) -> None:
+    world.insert(1, None)
+    async with running(client=("127.0.0.1", 4000), read_secret="r3ad") as (http, _, _):
+        for path in ("/portfolios/1", "/", "/p/1"):
+            refused = await http.get(path)
+            assert refused.status_code == 401 and "read secret" in refused.json()["error"]
+            assert refused.headers["www-authenticate"].startswith("Basic ")
+        wrong = await http.get("/portfolios/1", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "wrong read secret"
+        basic = "Basic " + base64.b64encode(b"anyone:r3ad").decode()
+        for headers in (
+            {"Authorization": "Bearer r3ad"},
+            {"X-Read-Secret": "r3ad"},
+            {"Authorization": basic},
+        ):
+            assert (await http.get("/portfolios/1", headers=headers)).status_code == 200, headers
+        for path in ("/", "/p/1"):
+            assert (await http.get(path, headers={"X-Read-Secret": "r3ad"})).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await http.get(path)).status_code == 200, path
+
+
+async def test_reads_on_loopback_only(running: Any, world: World) -> None:
+    world.insert(1, None)
+    async with running(client=("203.0.113.9", 4000), read_loopback_only=True) as (http, _, _):
+        refused = await http.get("/portfolios/1")
+        assert refused.status_code == 403 and "this machine" in refused.json()["error"]
+        assert (await http.get("/")).status_code == 403
+        assert (await http.get("/healthz")).status_code == 200
+    async with running(client=("::1", 4000), read_loopback_only=True) as (http, _, _):
+        assert (await http.get("/portfolios/1")).status_code == 200
+        # A local proxy's Forwarded header names the real client: not local.
+        proxied = await http.get("/portfolios/1", headers={"Forwarded": "for=203.0.113.9"})
+        assert proxied.status_code == 403
+
+
+async def test_forwarded_header_is_trusted_from_loopback_only(running: Any) -> None:
+    async with running(client=("127.0.0.1", 4000)) as (http, _, _):
+        for header in (
+            "for=203.0.113.9",
+            'for="[2001:db8::7]:4711";proto=https',
+            "for=203.0.113.9, for=127.0.0.1",  # our proxy's own hop is skipped
+            "for=unknown",
+            "for=_hidden",
+        ):
+            answer = await http.post("/sync", headers={"Forwarded": header})
+            assert answer.status_code == 403, header
+        local = await http.post("/sync", headers={"Forwarded": 'for="[::1]"'})
+        assert local.status_code == 202
+    async with running(client=("203.0.113.9", 4000)) as (http, _, _):  # not a trusted proxy
+        assert (await http.post("/sync", headers={"Forwarded": "for=127.0.0.1"})).status_code == 403
