@@ -43,6 +43,7 @@ class Plan:
     removed: tuple[str, ...]
     fingerprint: str | None = None  # digest of the listing the plan was made from
     before: int = 0  # images the row held before (all columns)
+    replaced: tuple[list[str] | None, ...] = ()  # the decoded values it overwrites (history)
 
     @property
     def empties(self) -> bool:

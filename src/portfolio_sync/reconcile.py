@@ -62,6 +62,7 @@ def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Pl
         fingerprint=fingerprint([obj for found in images for obj in found]),
         key_value=row.key_value,
         expected=row.raw,
+        replaced=row.values,
         new=new,
         added=tuple(dict.fromkeys(v for v in new_values if v not in old_set)),
         removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),

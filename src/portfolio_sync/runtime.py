@@ -178,6 +178,7 @@ class Runtime:
             self._spawn(self._watch_loop, "watcher", on_restart=self._catch_up_after_restart)
         if await asyncio.to_thread(outbox.installed, self.service.catalog):
             self._spawn(self._outbox_loop, "outbox")
+        await asyncio.to_thread(self._check_triggers)
         logger.info(
             "service started",
             extra={
@@ -186,6 +187,22 @@ class Runtime:
                 "schedule": self.settings.schedule,
             },
         )
+
+    def _check_triggers(self) -> None:
+        """Warn when the installed row triggers are older than this version: they miss
+        foreign edits of the images columns until `setup` is run again."""
+        catalog = self.service.catalog
+        if self.settings.is_postgres:
+            from portfolio_sync.backends import pg_setup
+
+            stale = pg_setup.outdated(catalog)
+        else:
+            stale = outbox.outdated(catalog)
+        if stale:
+            logger.warning(
+                "row triggers are from an older version: run `portfolio-sync setup` again",
+                extra={"action": "triggers_outdated", "table": catalog.table_name},
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql
 from portfolio_sync.backends import schema
 from portfolio_sync.errors import CatalogError, ConfigError
 from portfolio_sync.models import Plan, Row
+from portfolio_sync.sources import triggers
 
 if TYPE_CHECKING:
     from portfolio_sync.config import Settings
@@ -397,7 +398,13 @@ class Catalog:
                 else:
                     written = self._cas_sqlite(conn, plans)
                 done = [p for p in plans if p.key in written]
-                schema.record_writes(conn, done, trigger=trigger, durations=durations or {})
+                schema.record_writes(
+                    conn,
+                    done,
+                    trigger=trigger,
+                    durations=durations or {},
+                    columns=[c.name for c in self.columns],
+                )
         except sa.exc.SQLAlchemyError as exc:
             raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
         return written
@@ -416,7 +423,14 @@ class Catalog:
         # hundreds of times per batch, was most of a bulk pass's write time.
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         written = set()
+        meta = self._quote(schema.meta.name)
         try:
+            # The mark the row triggers check: our own writes are not new work. Inserted
+            # and deleted in this transaction, so no other connection ever sees it.
+            cursor.execute(
+                f"INSERT OR REPLACE INTO {meta} (name, value) VALUES (?, '')",
+                (triggers.OWN_WRITE_MARKER,),
+            )
             for plan in plans:
                 params = [self._encode(col, plan.new[i]) for i, col in enumerate(self.columns)]
                 params.append(plan.key_value)
@@ -424,6 +438,7 @@ class Catalog:
                 cursor.execute(sql, params)
                 if cursor.rowcount == 1:
                     written.add(plan.key)
+            cursor.execute(f"DELETE FROM {meta} WHERE name = ?", (triggers.OWN_WRITE_MARKER,))
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
         finally:
@@ -457,8 +472,13 @@ class Catalog:
             for i, c in enumerate(cols)
         )
         head = f"UPDATE {self._table_sql} AS t SET {sets} FROM (VALUES ".replace("%", "%%")
+        # `own` turns on the transaction-local setting the row trigger checks (our writes are
+        # not new work) in this statement rather than one more round trip: no row can be
+        # updated before the one-row subquery that sets it was evaluated.
+        own = f"(SELECT set_config('{triggers.OWN_WRITE_SETTING}', 'on', true)) AS own(mark)"
         tail = (
-            f") AS v({', '.join(names)}) WHERE t.{self._key_sql} = v.k AND {checks} "
+            f") AS v({', '.join(names)}) CROSS JOIN {own} "
+            f"WHERE t.{self._key_sql} = v.k AND {checks} "
             f"RETURNING CAST(t.{self._key_sql} AS TEXT)"
         ).replace("%", "%%")
         sql = head + ", ".join([row_sql] * len(plans)) + tail

@@ -63,6 +63,9 @@ history = sa.Table(
     sa.Column("added", sa.JSON, nullable=False),
     sa.Column("removed", sa.JSON, nullable=False),
     sa.Column("duration_ms", sa.Float, nullable=False),
+    # the row's previous value per column ({"images": [...]}), so a reverted edit can be
+    # read back (and redone by hand); NULL for entries that are not row writes
+    sa.Column("replaced", sa.JSON),
     sa.Index("portfolio_sync_history_key_at", "key", "at"),
 )
 
@@ -110,10 +113,19 @@ def _v3(conn: sa.Connection) -> None:
     emptying.create(conn, checkfirst=True)
 
 
+def _v4(conn: sa.Connection) -> None:
+    # _v1 creates the table from today's definition, which already has the column
+    names = {c["name"] for c in sa.inspect(conn).get_columns(history.name)}
+    if "replaced" not in names:
+        kind = history.c.replaced.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {history.name} ADD COLUMN replaced {kind}"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
     (3, "held writes and the streaming guard's window", _v3),
+    (4, "history keeps the value each write replaced", _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -183,7 +195,7 @@ _STATE_FIELDS = (
     "attempts",
     *_HELD_COLUMNS,
 )
-_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms")
+_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms", "replaced")
 _Processor = Callable[[Any], Any] | None
 
 
@@ -260,14 +272,28 @@ def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tu
 
 
 def record_writes(
-    conn: sa.Connection, plans: Sequence[Plan], *, trigger: str, durations: dict[str, float]
+    conn: sa.Connection,
+    plans: Sequence[Plan],
+    *,
+    trigger: str,
+    durations: dict[str, float],
+    columns: Sequence[str],
 ) -> None:
-    """History and state for rows just written, inside the writing transaction."""
+    """History and state for rows just written (to `columns`), inside the writing
+    transaction."""
     if not plans:
         return
     at = now()
     history_rows = [
-        (p.key, at, trigger, list(p.added), list(p.removed), round(durations.get(p.key, 0.0), 3))
+        (
+            p.key,
+            at,
+            trigger,
+            list(p.added),
+            list(p.removed),
+            round(durations.get(p.key, 0.0), 3),
+            dict(zip(columns, p.replaced, strict=True)) if p.replaced else None,
+        )
         for p in plans
     ]
     _insert_many(conn, history, _HISTORY_FIELDS, history_rows)
