@@ -17,15 +17,18 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
+from typing import Any
 
+from portfolio_sync import image_objects
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.backends.storage import FolderFault, SnapshotListing, Storage, folder_order
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import Layout
-from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
+from portfolio_sync.models import ImageMeta, ObjectInfo, PassReport, Plan, Row, SyncResult
 from portfolio_sync.safety import Guard, RootHealth, StreamingGuard
 
 __all__ = ["Guard", "Reconciler", "fingerprint", "plan"]
@@ -37,25 +40,40 @@ ORPHANS_KEPT = 200  # orphan folder names the last full pass keeps (the count is
 _path_of = attrgetter("path")
 
 
-def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Plan | None:
+def plan(
+    row: Row,
+    images: Sequence[Sequence[ObjectInfo]],
+    layout: Layout,
+    meta: Mapping[str, ImageMeta] | None = None,
+) -> Plan | None:
     """The write that makes `row` equal its listing, or None when it already does.
 
     `images` holds each collection's images (from `Layout.select`). A NULL column with no
-    images becomes `[]`, so every synced row holds a list.
+    images becomes `[]`, so every synced row holds a list. With `layout.image_fields`,
+    elements are objects and `meta` holds what reading each image (by path) told.
     """
     values = row.values
-    changed = [
-        layout.rendering_if_changed(found, current)
-        for found, current in zip(images, values, strict=True)
-    ]
+    changed: list[list[Any] | None]
+    if layout.image_fields:
+        known = meta or {}
+        changed = [
+            image_objects.rendering_if_changed(found, current, known, layout)
+            for found, current in zip(images, values, strict=True)
+        ]
+    else:
+        changed = [
+            layout.rendering_if_changed(found, current)
+            for found, current in zip(images, values, strict=True)
+        ]
     if all(rendering is None for rendering in changed):
         return None
     new = tuple(
         list(current or ()) if rendering is None else rendering
         for rendering, current in zip(changed, values, strict=True)
     )
-    old_values = [v for values in row.values if values for v in values]
-    new_values = [v for values in new for v in values]
+    name = image_objects.identity if layout.image_fields else _same
+    old_values = [name(v) for values in row.values if values for v in values]
+    new_values = [name(v) for values in new for v in values]
     old_set, new_set = set(old_values), set(new_values)
     return Plan(
         key=row.key,
@@ -68,6 +86,10 @@ def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Pl
         removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),
         before=len(old_set),
     )
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def fingerprint(objects: Sequence[ObjectInfo]) -> str:
@@ -90,6 +112,7 @@ class Reconciler:
         guard: Guard | None = None,
         batch_size: int = 500,
         guard_window: float = 600.0,
+        images: ImageCache | None = None,
     ) -> None:
         self.catalog = catalog
         self.storage = storage
@@ -105,6 +128,14 @@ class Reconciler:
         self.streaming = StreamingGuard(
             self.guard, catalog.engine, catalog.count_nonempty, window=guard_window
         )
+        self.images = images  # metadata of image objects (`image_fields`), if configured
+
+    def plan(self, row: Row, images: Sequence[Sequence[ObjectInfo]]) -> Plan | None:
+        """`plan()` with the metadata image objects need (cached, else read)."""
+        meta = None
+        if self.images is not None:
+            meta = self.images.lookup(obj for found in images for obj in found)
+        return plan(row, images, self.layout, meta)
 
     # ---- one portfolio ------------------------------------------------------------------
     def sync_one(
@@ -151,7 +182,7 @@ class Reconciler:
             if row.invalid:
                 return done(status="error", error=row.invalid, duration_ms=_ms(started))
             images = self.layout.select(key, objects)
-            change = plan(row, images, self.layout)
+            change = self.plan(row, images)
             if change is None:
                 if not dry_run:
                     found = [o for collection in images for o in collection]
@@ -374,8 +405,7 @@ class _Merge:
             if not self.dry_run:
                 self.rec._record_error(row.key, str(objects))
             return
-        layout = self.rec.layout
-        change = plan(row, layout.select(row.key, objects), layout)
+        change = self.rec.plan(row, self.rec.layout.select(row.key, objects))
         if change is None:
             report.unchanged += 1
             return

@@ -36,7 +36,6 @@ from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
 from portfolio_sync.queue import ALL
 from portfolio_sync.queue.local import LocalQueue
-from portfolio_sync.reconcile import plan
 from portfolio_sync.wiring import Service
 
 if TYPE_CHECKING:
@@ -473,7 +472,7 @@ class Runtime:
         in_sync = (
             row is not None
             and not row.invalid
-            and plan(row, self.layout.select(key, objects), self.layout) is None
+            and svc.reconciler.plan(row, self.layout.select(key, objects)) is None
         )
         return {
             "key": key,

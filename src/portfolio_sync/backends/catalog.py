@@ -115,7 +115,15 @@ def _ping_idle_connections(engine: sa.Engine) -> None:
 class Catalog:
     """Reads and compare-and-set writes of the portfolio table, plus our own tables."""
 
-    def __init__(self, engine: sa.Engine, *, table: str, key_column: str, columns: Sequence[str]):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        table: str,
+        key_column: str,
+        columns: Sequence[str],
+        objects: bool = False,
+    ):
         self.engine = engine
         #: The same pool, each statement committed on its own (single-statement work).
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -145,6 +153,15 @@ class Catalog:
         if missing:
             raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
         self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
+        #: Elements are objects (`image_fields`), which a text[] column cannot hold.
+        self.objects = objects
+        arrays = [c.name for c in self.columns if c.kind == "array"]
+        if objects and arrays:
+            raise ConfigError(
+                f"image_fields (PORTFOLIO_SYNC_IMAGE_FIELDS) makes each image a JSON object, "
+                f"but column(s) {', '.join(arrays)} are text[]: use jsonb (ALTER TABLE … "
+                "ALTER COLUMN … TYPE jsonb USING to_jsonb(…)), json or JSON text"
+            )
         self.key_column = key_column
         self.all_columns = tuple(c.name for c in reflected.c)
         self.quote = self._quote = quote
@@ -155,7 +172,11 @@ class Catalog:
         engine = create_engine(settings.database_url)
         try:
             return cls(
-                engine, table=settings.table, key_column=settings.key_column, columns=columns
+                engine,
+                table=settings.table,
+                key_column=settings.key_column,
+                columns=columns,
+                objects=bool(settings.image_fields),
             )
         except BaseException:
             engine.dispose()
@@ -212,7 +233,7 @@ class Catalog:
         if len(record) == 2:  # one images column: the bulk read's hot path
             key_value, value = record
             try:
-                decoded = _decode(self.columns[0], value)
+                decoded = _decode(self.columns[0], value, self.objects)
             except ValueError as exc:
                 return Row(
                     key=str(key_value),
@@ -224,11 +245,11 @@ class Catalog:
             return Row(key=str(key_value), key_value=key_value, values=(decoded,), raw=(value,))
         key_value = record[0]
         raw = tuple(record[1:])
-        values: list[list[str] | None] = []
+        values: list[list[Any] | None] = []
         invalid: str | None = None
         for col, value in zip(self.columns, raw, strict=True):
             try:
-                values.append(_decode(col, value))
+                values.append(_decode(col, value, self.objects))
             except ValueError as exc:
                 values.append(None)
                 invalid = f"column {col.name}: {exc}"
@@ -409,7 +430,7 @@ class Catalog:
             raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
         return written
 
-    def _encode(self, col: ImagesColumn, value: list[str] | None) -> Any:
+    def _encode(self, col: ImagesColumn, value: list[Any] | None) -> Any:
         if value is None or col.kind == "array":
             return value
         return json.dumps(value, ensure_ascii=False)
@@ -512,8 +533,9 @@ def _key_kind(col_type: sa.types.TypeEngine[Any]) -> KeyKind:
     return "text"
 
 
-def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
-    """The list a stored value holds; ValueError if it is not a list of strings."""
+def _decode(col: ImagesColumn, value: Any, objects: bool = False) -> list[Any] | None:
+    """The list a stored value holds; ValueError if it is not a list of strings (with
+    `objects`: of strings or objects with a string `path`)."""
     if value is None:
         return None
     if col.kind != "array":
@@ -525,9 +547,19 @@ def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
             if not value.strip():  # blank text counts as NULL
                 return None
             raise ValueError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(value, list) or not all(map(isinstance, value, repeat(str))):
-        raise ValueError("not a list of strings")
-    return value
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    if all(map(isinstance, value, repeat(str))):
+        return value
+    if objects:
+        if all(isinstance(v, str) or _is_element(v) for v in value):
+            return value
+        raise ValueError("not a list of objects with a string 'path' (or of strings)")
+    raise ValueError("not a list of strings")
+
+
+def _is_element(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("path"), str)
 
 
 def utcnow() -> datetime:

@@ -91,6 +91,22 @@ emptying = sa.Table(
 
 _HELD_COLUMNS = ("held_at", "held_reason", "held_write")
 
+# What reading an image told, so a file is read once: a row is valid while the listing
+# shows the same size and mtime for its path (`version`: the mtime as text).
+images = sa.Table(
+    "portfolio_sync_images",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("type", sa.String(100)),
+    sa.Column("placeholder", sa.String(200)),
+    sa.Column("error", sa.Text),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
@@ -121,11 +137,16 @@ def _v4(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE {history.name} ADD COLUMN replaced {kind}"))
 
 
+def _v5(conn: sa.Connection) -> None:
+    images.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
     (3, "held writes and the streaming guard's window", _v3),
     (4, "history keeps the value each write replaced", _v4),
+    (5, "image metadata cache", _v5),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -263,6 +284,13 @@ def _insert_many(
                 columns[i] = [None if v is None else proc(v) for v in columns[i]]
         rows = list(zip(*columns, strict=True))
     conn.exec_driver_sql(sql, rows)
+
+
+def upsert_many(
+    conn: sa.Connection, table: sa.Table, fields: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert or replace `rows` (tuples in `fields` order, keyed by the first field)."""
+    _insert_many(conn, table, fields, rows, upsert=True)
 
 
 def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
