@@ -102,6 +102,15 @@ def test_user_fields_are_kept_across_added_and_removed_images(world: World) -> N
         entry = schema.read_history(history, "1")[0]
         assert entry["added"] == ["1/d.png"] and entry["removed"] == ["1/b.png"]
         assert entry["replaced"] == {"images": edited}
+        # an editor's later edit of their own fields (and order) is not drift: no write
+        kept = world.images(1)
+        assert kept is not None
+        kept[2]["alt"] = "D"  # type: ignore[index]
+        kept.reverse()
+        world.set_images(1, kept)
+        writes = world.writes()
+        assert svc.reconciler.sync_one("1", "test").status == "unchanged"
+        assert world.writes() == writes and world.images(1) == kept
 
 
 def test_corrupt_and_truncated_images_are_reported_per_file(world: World) -> None:

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 PLACEHOLDER_MAX_BYTES = 64 << 20  # larger files get no placeholder (an error says so)
 SVG = "image/svg+xml"  # drawn at any size: no placeholder
-_CHUNK = 500  # paths per lookup statement
 _FIELDS = ("path", "size", "version", "width", "height", "type", "placeholder", "error")
 
 
@@ -118,16 +117,31 @@ class ImageCache:
 
     # ---- the table ----------------------------------------------------------------------
     def _read(self, paths: Iterable[str]) -> dict[str, dict[str, Any]]:
-        table = schema.images
-        wanted = [p for p in paths if _storable(p)]
+        """Cached rows of `paths`: one statement, through the DBAPI cursor, since this runs
+        once per row of every full pass. SQLite scans the primary key from the lowest to
+        the highest path (one folder's images are adjacent in its byte order); PostgreSQL
+        looks the paths up as one array (its text order depends on the collation)."""
+        wanted = {p for p in paths if _storable(p)}
+        if not wanted:
+            return {}
+        head = f"SELECT {', '.join(_FIELDS)} FROM {schema.images.name} WHERE "
+        params: tuple[Any, ...]
+        if self.engine.dialect.name == "postgresql":
+            sql, params = head + "path = ANY(%s)", (list(wanted),)
+        else:
+            sql, params = head + "path >= ? AND path <= ?", (min(wanted), max(wanted))
         found: dict[str, dict[str, Any]] = {}
         try:
             with self.engine.connect() as conn:
-                for start in range(0, len(wanted), _CHUNK):
-                    chunk = wanted[start : start + _CHUNK]
-                    rows = conn.execute(sa.select(table).where(table.c.path.in_(chunk)))
-                    found.update((row.path, dict(row._mapping)) for row in rows)
-        except sa.exc.SQLAlchemyError as exc:
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(sql, params)
+                    for record in cursor.fetchall():
+                        if record[0] in wanted:
+                            found[record[0]] = dict(zip(_FIELDS, record, strict=True))
+                finally:
+                    cursor.close()
+        except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
             raise CatalogError(f"reading the image metadata cache failed: {exc}") from exc
         return found
 
