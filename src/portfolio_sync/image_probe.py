@@ -61,6 +61,8 @@ def probe(read: Callable[[int, int], bytes], size: int, name: str) -> Probe:
     last = ""
     for length in (*[h for h in HEADS if h < size], size):
         data = read(0, length)
+        if not is_svg and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp(read, data, size)  # Pillow would read it all
         found = _svg(data, final=length >= size) if is_svg else _raster(data)
         if isinstance(found, Probe):
             return Probe(
@@ -80,7 +82,9 @@ def _raster(data: bytes) -> Probe | str:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             kind = Image.MIME.get(im.format or "") or f"image/{im.format or ''}".lower()
-            if im.format not in _TRANSFORMED:
+            # A PNG's eXIf chunk comes before its image data, so open() has seen it if
+            # there is one; getexif() would otherwise decode the image looking for it.
+            if im.format not in _TRANSFORMED and (im.format != "PNG" or "exif" in im.info):
                 orientation = im.getexif().get(_ORIENTATION)
                 if orientation in _ROTATED:
                     width, height = height, width
@@ -93,6 +97,56 @@ def _raster(data: bytes) -> Probe | str:
     if width <= 0 or height <= 0:
         return Probe(error=f"the header gives an empty size {width}x{height}")
     return Probe(width=width, height=height, type=kind)
+
+
+def _webp(read: Callable[[int, int], bytes], head: bytes, size: int) -> Probe:
+    """WebP from its RIFF chunks: the size from the first chunk (VP8X canvas, VP8 frame or
+    VP8L header), the orientation from the EXIF chunk, which sits after the image data:
+    chunk headers are read one by one to get there, never the data."""
+    spent = len(head)
+    if len(head) < 30:
+        return Probe(error="not a readable WebP header", bytes_read=spent)
+    kind, length = head[12:16], int.from_bytes(head[16:20], "little")
+    body = head[20:30]
+    width = height = 0
+    if kind == b"VP8X":
+        width = int.from_bytes(body[4:7], "little") + 1
+        height = int.from_bytes(body[7:10], "little") + 1
+    elif kind == b"VP8 " and body[3:6] == b"\x9d\x01\x2a":
+        width = int.from_bytes(body[6:8], "little") & 0x3FFF
+        height = int.from_bytes(body[8:10], "little") & 0x3FFF
+    elif kind == b"VP8L" and body[:1] == b"\x2f":
+        bits = int.from_bytes(body[1:5], "little")
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if not width or not height:
+        return Probe(error="not a readable WebP header", bytes_read=spent)
+    if kind == b"VP8X" and body[0] & 0x08:  # the EXIF flag
+        offset = 20 + length + (length & 1)
+        for _ in range(64):
+            if offset + 8 > size:
+                break
+            chunk = read(offset, 8)
+            spent += len(chunk)
+            chunk_size = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"EXIF":
+                data = read(offset + 8, chunk_size)
+                spent += len(data)
+                exif = Image.Exif()
+                try:
+                    exif.load(data)
+                except Exception as exc:  # a corrupt EXIF block: the size still stands
+                    return Probe(
+                        width=width,
+                        height=height,
+                        type="image/webp",
+                        error=f"unreadable EXIF block: {exc}",
+                        bytes_read=spent,
+                    )
+                if exif.get(_ORIENTATION) in _ROTATED:
+                    width, height = height, width
+                break
+            offset += 8 + chunk_size + (chunk_size & 1)
+    return Probe(width=width, height=height, type="image/webp", bytes_read=spent)
 
 
 def _svg(data: bytes, *, final: bool) -> Probe | str:

@@ -38,7 +38,7 @@ class MemoryStorage:
       raises: a listing that breaks mid-stream.
     - `requests` records each call as `(method, prefix)` so tests can count listings.
     - `read(path)` returns the bytes given to `put(..., data=...)`, else `size` bytes 0xFF;
-      `read_head(path, n)` the first n of them.
+      `read_range(path, start, n)` n of them from `start`.
     """
 
     def __init__(
@@ -152,12 +152,12 @@ class MemoryStorage:
             raise ObjectTooLarge(f"{path} is {size} bytes (limit {max_bytes})")
         return self.data.get(path, b"\xff" * size)
 
-    def read_head(self, path: str, length: int) -> bytes:
-        self.requests.append(("read_head", path))
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        self.requests.append(("read_range", path))
         self._raise_if_failing()
         if path not in self.objects:
             raise ObjectNotFound(f"no object {path} in {self.description}")
-        return self.data.get(path, b"\xff" * self.objects[path][0])[:length]
+        return self.data.get(path, b"\xff" * self.objects[path][0])[start : start + length]
 
     def close(self) -> None:
         self.closed = True

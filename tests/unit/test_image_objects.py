@@ -78,3 +78,20 @@ def test_an_svg_without_a_size_is_an_error() -> None:
     data = svg("50%", None)
     found = image_probe.probe(lambda s, n: data[s : s + n], len(data), "x.svg")
     assert found.width is None and found.error and "viewBox" in found.error
+
+
+@pytest.mark.parametrize(
+    ("fmt", "turns"), [("PNG", True), ("WEBP", True), ("JPEG", True), ("GIF", False)]
+)
+def test_large_files_cost_their_header_only(fmt: str, turns: bool) -> None:
+    """Pillow reads a whole WebP (its EXIF chunk is at the end) and decodes a PNG without
+    EXIF when asked for it: the probe must do neither."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(fmt, (700, 500), noise=True, exif=exif.tobytes())
+    plain = encode(fmt, (700, 500), noise=True)
+    for blob, shown in ((data, (500, 700) if turns else (700, 500)), (plain, (700, 500))):
+        assert len(blob) > 128 << 10
+        found = image_probe.probe(lambda s, n, b=blob: b[s : s + n], len(blob), "x")
+        assert (found.width, found.height) == shown
+        assert found.bytes_read <= 17 << 10, found  # the head, and EXIF at a WebP end

@@ -78,7 +78,7 @@ class ImageCache:
 
         def read(start: int, length: int) -> bytes:
             nonlocal spent
-            data = self.storage.read_head(obj.path, start + length)[start:]
+            data = self.storage.read_range(obj.path, start, length)
             spent += len(data)
             return data
 
