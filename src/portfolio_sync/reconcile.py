@@ -130,11 +130,15 @@ class Reconciler:
         )
         self.images = images  # metadata of image objects (`image_fields`), if configured
 
-    def plan(self, row: Row, images: Sequence[Sequence[ObjectInfo]]) -> Plan | None:
-        """`plan()` with the metadata image objects need (cached, else read)."""
+    def plan(
+        self, row: Row, images: Sequence[Sequence[ObjectInfo]], *, dry_run: bool = False
+    ) -> Plan | None:
+        """`plan()` with the metadata image objects need (cached, else read; a dry run
+        caches nothing)."""
         meta = None
         if self.images is not None:
-            meta = self.images.lookup(obj for found in images for obj in found)
+            found = (obj for collection in images for obj in collection)
+            meta = self.images.lookup(found, remember=not dry_run)
         return plan(row, images, self.layout, meta)
 
     # ---- one portfolio ------------------------------------------------------------------
@@ -182,7 +186,7 @@ class Reconciler:
             if row.invalid:
                 return done(status="error", error=row.invalid, duration_ms=_ms(started))
             images = self.layout.select(key, objects)
-            change = self.plan(row, images)
+            change = self.plan(row, images, dry_run=dry_run)
             if change is None:
                 if not dry_run:
                     found = [o for collection in images for o in collection]
@@ -405,7 +409,7 @@ class _Merge:
             if not self.dry_run:
                 self.rec._record_error(row.key, str(objects))
             return
-        change = self.rec.plan(row, self.rec.layout.select(row.key, objects))
+        change = self.rec.plan(row, self.rec.layout.select(row.key, objects), dry_run=self.dry_run)
         if change is None:
             report.unchanged += 1
             return

@@ -472,7 +472,7 @@ class Runtime:
         in_sync = (
             row is not None
             and not row.invalid
-            and svc.reconciler.plan(row, self.layout.select(key, objects)) is None
+            and svc.reconciler.plan(row, self.layout.select(key, objects), dry_run=True) is None
         )
         return {
             "key": key,

@@ -6,6 +6,7 @@ folder or moto S3; the real SQLite JSON text or PostgreSQL jsonb column.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.errors import ConfigError
 from portfolio_sync.wiring import Service
+from tests.acceptance.command import run
 from tests.images import FORMATS, encode, rotated_jpeg, svg
 from tests.integration.world import World
 
@@ -155,6 +157,11 @@ def test_the_cache_reads_a_changed_file_again_and_headers_only(world: World) -> 
     world.put("1/big.jpg", big)
     world.put("1/small.png", encode("PNG", (30, 20)))
     with world.service(image_fields="path,width,height") as svc:
+        # a dry run reads what it must but keeps nothing
+        assert svc.reconciler.sync_one("1", "test", dry_run=True).status == "changed"
+        assert cache(svc).files_read == 2
+        assert world.images(1) is None
+        cache(svc).files_read = 0
         assert svc.reconciler.sync_one("1", "test").status == "changed"
         assert cache(svc).files_read == 2
         assert cache(svc).bytes_read <= 2 * 64 * 1024  # ranged reads, not the 1 MB body
@@ -165,6 +172,18 @@ def test_the_cache_reads_a_changed_file_again_and_headers_only(world: World) -> 
         assert svc.reconciler.sync_one("1", "test").status == "changed"
         assert cache(svc).files_read == 3
         assert elements(world)["1/small.png"]["width"] == 31
+
+
+def test_diff_on_a_database_never_set_up_reads_without_keeping(world: World) -> None:
+    objects_table(world)
+    world.insert(1, None)
+    world.put("1/a.png", encode("PNG", (30, 20)))
+    env = world.env(PORTFOLIO_SYNC_IMAGE_FIELDS="path,width,height")
+    proc = run("diff", "1", "--exit-code", "--json", env=env)
+    assert proc.returncode == 1, proc.stderr  # differs
+    [result] = json.loads(proc.stdout)
+    assert result["status"] == "changed" and result["error"] is None, result
+    assert world.images(1) is None
 
 
 def test_text_array_columns_cannot_hold_objects(pg_world: World) -> None:

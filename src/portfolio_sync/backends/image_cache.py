@@ -44,17 +44,25 @@ class ImageCache:
         self.storage = storage
         self.wanted = READ_FIELDS.intersection(fields)
         self.placeholder = "placeholder" in self.wanted
+        #: False before `setup`/migration 4 (read-only commands do not migrate): every
+        #: lookup then reads the files and keeps nothing.
+        self.stored = sa.inspect(engine).has_table(schema.images.name)
         self._lock = threading.Lock()
         #: Files read and bytes read since start (benchmarks and tests watch them).
         self.files_read = 0
         self.bytes_read = 0
 
-    def lookup(self, objects: Iterable[ObjectInfo]) -> dict[str, ImageMeta]:
-        """Path -> metadata for every object (empty when no configured field needs it)."""
+    def lookup(
+        self, objects: Iterable[ObjectInfo], *, remember: bool = True
+    ) -> dict[str, ImageMeta]:
+        """Path -> metadata for every object (empty when no configured field needs it).
+
+        Without `remember` (dry runs, `diff`) what had to be read is not cached.
+        """
         objects = list(objects)
         if not self.wanted or not objects:
             return {}
-        cached = self._read(obj.path for obj in objects)
+        cached = self._read(obj.path for obj in objects) if self.stored else {}
         found: dict[str, ImageMeta] = {}
         stale: list[tuple[ObjectInfo, ImageMeta]] = []
         for obj in objects:
@@ -68,7 +76,8 @@ class ImageCache:
             found[obj.path] = meta
             if keep:
                 stale.append((obj, meta))
-        self._write(stale)
+        if remember and self.stored:
+            self._write(stale)
         return found
 
     # ---- reading files ------------------------------------------------------------------
