@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 3
 ORPHANS_KEPT = 200  # orphan folder names the last full pass keeps (the count is exact)
+LOOKUP_ROWS = 200  # rows of a bulk pass that share one image metadata lookup
 _path_of = attrgetter("path")
 
 
@@ -357,6 +358,7 @@ class _Merge:
         self.nonempty_before = 0
         self.conflicts: list[str] = []
         self.root_checked = False
+        self.waiting: list[tuple[Row, list[list[ObjectInfo]]]] = []  # for image metadata
 
     def run(
         self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo] | FolderFault]]
@@ -392,6 +394,7 @@ class _Merge:
             report.folders += 1
             folder = next(named, None)
             folder_key = None if folder is None else folder_order(folder[0])
+        self.drain()
 
     def visit(self, row: Row, objects: list[ObjectInfo] | FolderFault) -> None:
         report = self.report
@@ -409,7 +412,29 @@ class _Merge:
             if not self.dry_run:
                 self.rec._record_error(row.key, str(objects))
             return
-        change = self.rec.plan(row, self.rec.layout.select(row.key, objects), dry_run=self.dry_run)
+        selected = self.rec.layout.select(row.key, objects)
+        if self.rec.images is None:
+            self.decide(plan(row, selected, self.rec.layout))
+            return
+        self.waiting.append((row, selected))
+        if len(self.waiting) >= LOOKUP_ROWS:
+            self.drain()
+
+    def drain(self) -> None:
+        """Plan the rows that wait for image metadata, with one cache lookup for all."""
+        if not self.waiting:
+            return
+        images = self.rec.images
+        assert images is not None
+        found = (obj for _, selected in self.waiting for group in selected for obj in group)
+        meta = images.lookup(found, remember=not self.dry_run)
+        for row, selected in self.waiting:
+            self.decide(plan(row, selected, self.rec.layout, meta))
+        self.waiting.clear()
+
+    def decide(self, change: Plan | None) -> None:
+        """Count a row in sync, hold back an emptying write, or batch the write."""
+        report = self.report
         if change is None:
             report.unchanged += 1
             return

@@ -174,6 +174,25 @@ def test_the_cache_reads_a_changed_file_again_and_headers_only(world: World) -> 
         assert elements(world)["1/small.png"]["width"] == 31
 
 
+def test_a_full_pass_fills_every_row_with_one_read_per_file(world: World) -> None:
+    objects_table(world)
+    for key in (1, 2, 3, 4):
+        world.insert(key, None)
+    for key in (1, 2, 3):
+        world.put(f"{key}/a.png", encode("PNG", (10 * key, 20)))
+        world.put(f"{key}/b.gif", encode("GIF", (5, 5 * key)))
+    with world.service(image_fields="path,width,height") as svc:
+        report = svc.reconciler.sync_all("test")
+        assert report.ok and len(report.changed) == 4
+        assert cache(svc).files_read == 6
+        for key in (1, 2, 3):
+            assert world.images(key) == [
+                {"path": f"{key}/a.png", "width": 10 * key, "height": 20},
+                {"path": f"{key}/b.gif", "width": 5, "height": 5 * key},
+            ]
+        assert world.images(4) == []
+
+
 def test_diff_on_a_database_never_set_up_reads_without_keeping(world: World) -> None:
     objects_table(world)
     world.insert(1, None)
