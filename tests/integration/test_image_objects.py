@@ -7,6 +7,7 @@ folder or moto S3; the real SQLite JSON text or PostgreSQL jsonb column.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.errors import ConfigError
 from portfolio_sync.wiring import Service
 from tests.acceptance.command import run
+from tests.conftest import make_world
 from tests.images import FORMATS, encode, rotated_jpeg, svg
 from tests.integration.world import World
 
@@ -210,3 +212,18 @@ def test_text_array_columns_cannot_hold_objects(pg_world: World) -> None:
     with pytest.raises(ConfigError, match="text\\[\\]: use jsonb"):
         with pg_world.service(image_fields="path,width"):
             pass
+
+
+def test_sizes_need_bytes_that_supabase_db_storage_cannot_read(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    world = make_world(request, tmp_path, "postgres-supabase-db")
+    try:
+        world.create_table(columns={"images": "jsonb"})
+        with pytest.raises(ConfigError, match="only lists objects"):
+            with world.service(image_fields="path,width,height"):
+                pass
+        with world.service(image_fields="path,bytes,uploaded") as svc:  # the listing's own
+            assert svc.reconciler.images is not None
+    finally:
+        world.close()

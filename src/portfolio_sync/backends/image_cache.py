@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from portfolio_sync import image_probe
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.storage import ObjectNotFound, ObjectTooLarge, Storage
-from portfolio_sync.errors import CatalogError
+from portfolio_sync.backends.supabase_db import SupabaseDbStorage
+from portfolio_sync.errors import CatalogError, ConfigError
 from portfolio_sync.image_objects import READ_FIELDS
 from portfolio_sync.models import ImageMeta, ObjectInfo
 
@@ -43,6 +44,12 @@ class ImageCache:
         self.engine = engine
         self.storage = storage
         self.wanted = READ_FIELDS.intersection(fields)
+        if self.wanted and isinstance(storage, SupabaseDbStorage):
+            raise ConfigError(
+                f"image_fields {', '.join(sorted(self.wanted))} need the files' bytes, and "
+                f"{storage.description} only lists objects: use Supabase's S3 endpoint as the "
+                "storage URL, or only fields the listing gives (path,url,bytes,etag,uploaded)"
+            )
         self.placeholder = "placeholder" in self.wanted
         #: False before `setup`/migration 4 (read-only commands do not migrate): every
         #: lookup then reads the files and keeps nothing.
