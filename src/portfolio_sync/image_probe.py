@@ -44,19 +44,24 @@ class Probe:
     bytes_read: int = 0
 
 
-def _register_heif() -> None:
-    """pillow-heif adds HEIF/HEIC to Pillow's openers (once; AVIF is Pillow's own)."""
+def _register_heif() -> bool:
+    """pillow-heif adds HEIF/HEIC to Pillow's openers (once; AVIF is Pillow's own). It is
+    the optional extra `heic` (libheif is large); without it HEIC files get an error."""
     global _HEIF_READY
     if not _HEIF_READY:
-        from pillow_heif import register_heif_opener
-
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            return False
         register_heif_opener()
         _HEIF_READY = True
+    return True
 
 
 def probe(read: Callable[[int, int], bytes], size: int, name: str) -> Probe:
     """The shown size and type of the image of `size` bytes that `read` returns parts of."""
-    _register_heif()
+    if not _register_heif() and name.lower().endswith((".heic", ".heif")):
+        return Probe(error="HEIC/HEIF needs pillow-heif: pip install 'portfolio-sync[heic]'")
     is_svg = name.lower().endswith((".svg", ".svgz"))
     last = ""
     for length in (*[h for h in HEADS if h < size], size):

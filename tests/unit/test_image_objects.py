@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from PIL import Image
 
@@ -95,3 +97,13 @@ def test_large_files_cost_their_header_only(fmt: str, turns: bool) -> None:
         found = image_probe.probe(lambda s, n, b=blob: b[s : s + n], len(blob), "x")
         assert (found.width, found.height) == shown
         assert found.bytes_read <= 17 << 10, found  # the head, and EXIF at a WebP end
+
+
+def test_heic_without_the_heic_extra_is_an_error_that_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(image_probe, "_HEIF_READY", False)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
+    data = encode("JPEG", (10, 10))
+    found = image_probe.probe(lambda s, n: data[s : s + n], len(data), "x.heic")
+    assert found.width is None and found.error is not None and "[heic]" in found.error
