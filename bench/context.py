@@ -35,6 +35,7 @@ class Sizes:
     intake_rate: float = 1_000.0
     intake_seconds: float = 10.0
     s3_scale: int = 20_000  # portfolios of the S3-at-scale full pass (list-only server)
+    image_files: int = 2_000  # images of the `image_fields` metadata import
 
 
 SCALES = {
@@ -81,6 +82,7 @@ SCALES = {
         intake_rate=200.0,
         intake_seconds=3.0,
         s3_scale=2_000,
+        image_files=200,
     ),
 }
 

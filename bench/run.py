@@ -23,6 +23,7 @@ REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]
 
 import fullpass  # noqa: E402
+import imagebench  # noqa: E402
 import intake  # noqa: E402
 import live  # noqa: E402
 import report  # noqa: E402
@@ -45,6 +46,7 @@ SCENARIOS = (
     "workers",
     "intake",
     "s3scale",
+    "images",
 )
 BENCH_DB_ENV = "PORTFOLIO_SYNC_BENCH_DATABASE_URL"
 
@@ -202,6 +204,9 @@ def main() -> int:
         if "intake" in only:
             print("== webhook intake", flush=True)
             intake.intake(ctx)
+        if "images" in only:
+            print("== image objects (image_fields)", flush=True)
+            imagebench.images(ctx)
     finally:
         ctx.close()
         if embedded is not None:

@@ -29,6 +29,10 @@ from portfolio_sync.errors import ConfigError
 DEFAULT_EXTENSIONS = (
     "jpg", "jpeg", "png", "webp", "gif", "avif", "heic", "heif", "tif", "tiff", "bmp", "svg",
 )  # fmt: skip
+#: What an element of the images column may hold when `image_fields` is set (see README).
+IMAGE_FIELDS = (
+    "path", "url", "width", "height", "bytes", "etag", "uploaded", "type", "placeholder",
+)  # fmt: skip
 DEFAULT_CONFIG_FILE = Path("portfolio-sync.toml")
 Order = Literal["name", "uploaded", "preserve"]
 SUPABASE_DB_SCHEME = "supabase-db"  # Supabase Storage read from its storage.objects table
@@ -133,6 +137,7 @@ class Settings(BaseSettings):
     order: Order = "name"
     extensions: Annotated[tuple[str, ...], NoDecode] = DEFAULT_EXTENSIONS
     recursive: bool = False
+    image_fields: Annotated[tuple[str, ...], NoDecode] = ()
     schedule: str = "*/15 * * * *"
     webhook_secret: str | None = None
     read_secret: str | None = None
@@ -166,6 +171,25 @@ class Settings(BaseSettings):
             if not cleaned or not all(cleaned):
                 raise ValueError("extensions must be a non-empty list such as 'jpg,png'")
             return cleaned
+        return value
+
+    @field_validator("image_fields", mode="before")
+    @classmethod
+    def _image_fields(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list | tuple):
+            fields = tuple(str(v).strip().lower() for v in value)
+            unknown = [f for f in fields if f not in IMAGE_FIELDS]
+            if unknown:
+                raise ValueError(
+                    f"unknown image field(s) {', '.join(unknown)}; "
+                    f"choose from {','.join(IMAGE_FIELDS)}"
+                )
+            if len(set(fields)) != len(fields):
+                raise ValueError("an image field is listed twice")
+            if fields and "path" not in fields:
+                raise ValueError("image fields must include path (it identifies each image)")
+            return fields
         return value
 
     @field_validator("database_url")

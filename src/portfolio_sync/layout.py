@@ -61,6 +61,7 @@ class Layout:
     recursive: bool = False
     public_url: str | None = None
     order: Order = "name"
+    image_fields: tuple[str, ...] = ()  # non-empty: elements are objects (image_objects.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Layout:
@@ -76,6 +77,7 @@ class Layout:
             recursive=settings.recursive,
             public_url=settings.public_url,
             order=settings.order,
+            image_fields=settings.image_fields,
         )
 
     @property

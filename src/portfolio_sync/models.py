@@ -16,6 +16,17 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ImageMeta:
+    """What reading an image told (cached per path, size and mtime); `error` when it failed."""
+
+    width: int | None = None
+    height: int | None = None
+    type: str | None = None
+    placeholder: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Row:
     """A portfolio row as read, before any listing was taken.
 
@@ -26,7 +37,7 @@ class Row:
 
     key: str
     key_value: Any
-    values: tuple[list[str] | None, ...]
+    values: tuple[list[Any] | None, ...]
     raw: tuple[Any, ...]
     invalid: str | None = None  # why a value could not be decoded; such rows are never written
 
@@ -38,11 +49,12 @@ class Plan:
     key: str
     key_value: Any
     expected: tuple[Any, ...]
-    new: tuple[list[str], ...]
+    new: tuple[list[Any], ...]
     added: tuple[str, ...]
     removed: tuple[str, ...]
     fingerprint: str | None = None  # digest of the listing the plan was made from
     before: int = 0  # images the row held before (all columns)
+    replaced: tuple[list[Any] | None, ...] = ()  # the decoded values it overwrites (history)
 
     @property
     def empties(self) -> bool:

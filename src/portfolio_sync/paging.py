@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from portfolio_sync.layout import natural_key
 
@@ -26,25 +27,32 @@ class PathRange:
     last: str | None
     more: bool  # paths remain after ``last``
 
-    def cut(self, paths: Sequence[str] | None) -> list[str] | None:
-        """The paths of ``paths`` in this range, in their own order (None stays None)."""
-        if paths is None:
+    def cut(self, values: Sequence[Any] | None) -> list[Any] | None:
+        """The values of ``values`` in this range, in their own order (None stays None)."""
+        if values is None:
             return None
         low = None if self.after is None else natural_key(self.after)
         high = None if self.last is None else natural_key(self.last)
         return [
-            p
-            for p in paths
-            if (low is None or natural_key(p) > low) and (high is None or natural_key(p) <= high)
+            v
+            for v in values
+            if (low is None or natural_key(path_of(v)) > low)
+            and (high is None or natural_key(path_of(v)) <= high)
         ]
 
 
-def page_range(paths: Iterable[str], *, after: str | None, limit: int | None) -> PathRange:
+def path_of(value: Any) -> str:
+    """The path of a row element: the string itself, or an image object's ``path``."""
+    return str(value["path"]) if isinstance(value, dict) else str(value)
+
+
+def page_range(values: Iterable[Any], *, after: str | None, limit: int | None) -> PathRange:
     """The range of the page that starts after ``after`` and holds ``limit`` paths
-    (all remaining ones when ``limit`` is None)."""
+    (all remaining ones when ``limit`` is None); elements may be paths or image objects."""
     start = None if after is None else natural_key(after)
     remaining = sorted(
-        {p for p in paths if start is None or natural_key(p) > start}, key=natural_key
+        {p for p in map(path_of, values) if start is None or natural_key(p) > start},
+        key=natural_key,
     )
     if limit is None or len(remaining) <= limit:
         return PathRange(after=after, last=None, more=False)

@@ -17,15 +17,18 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
+from typing import Any
 
+from portfolio_sync import image_objects
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.backends.storage import FolderFault, SnapshotListing, Storage, folder_order
 from portfolio_sync.errors import CatalogError, PortfolioSyncError, StorageError
 from portfolio_sync.layout import Layout
-from portfolio_sync.models import ObjectInfo, PassReport, Plan, Row, SyncResult
+from portfolio_sync.models import ImageMeta, ObjectInfo, PassReport, Plan, Row, SyncResult
 from portfolio_sync.safety import Guard, RootHealth, StreamingGuard
 
 __all__ = ["Guard", "Reconciler", "fingerprint", "plan"]
@@ -34,39 +37,60 @@ logger = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 3
 ORPHANS_KEPT = 200  # orphan folder names the last full pass keeps (the count is exact)
+LOOKUP_ROWS = 200  # rows of a bulk pass that share one image metadata lookup
 _path_of = attrgetter("path")
 
 
-def plan(row: Row, images: Sequence[Sequence[ObjectInfo]], layout: Layout) -> Plan | None:
+def plan(
+    row: Row,
+    images: Sequence[Sequence[ObjectInfo]],
+    layout: Layout,
+    meta: Mapping[str, ImageMeta] | None = None,
+) -> Plan | None:
     """The write that makes `row` equal its listing, or None when it already does.
 
     `images` holds each collection's images (from `Layout.select`). A NULL column with no
-    images becomes `[]`, so every synced row holds a list.
+    images becomes `[]`, so every synced row holds a list. With `layout.image_fields`,
+    elements are objects and `meta` holds what reading each image (by path) told.
     """
     values = row.values
-    changed = [
-        layout.rendering_if_changed(found, current)
-        for found, current in zip(images, values, strict=True)
-    ]
+    changed: list[list[Any] | None]
+    if layout.image_fields:
+        known = meta or {}
+        changed = [
+            image_objects.rendering_if_changed(found, current, known, layout)
+            for found, current in zip(images, values, strict=True)
+        ]
+    else:
+        changed = [
+            layout.rendering_if_changed(found, current)
+            for found, current in zip(images, values, strict=True)
+        ]
     if all(rendering is None for rendering in changed):
         return None
     new = tuple(
         list(current or ()) if rendering is None else rendering
         for rendering, current in zip(changed, values, strict=True)
     )
-    old_values = [v for values in row.values if values for v in values]
-    new_values = [v for values in new for v in values]
+    name = image_objects.identity if layout.image_fields else _same
+    old_values = [name(v) for values in row.values if values for v in values]
+    new_values = [name(v) for values in new for v in values]
     old_set, new_set = set(old_values), set(new_values)
     return Plan(
         key=row.key,
         fingerprint=fingerprint([obj for found in images for obj in found]),
         key_value=row.key_value,
         expected=row.raw,
+        replaced=row.values,
         new=new,
         added=tuple(dict.fromkeys(v for v in new_values if v not in old_set)),
         removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),
         before=len(old_set),
     )
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def fingerprint(objects: Sequence[ObjectInfo]) -> str:
@@ -89,6 +113,7 @@ class Reconciler:
         guard: Guard | None = None,
         batch_size: int = 500,
         guard_window: float = 600.0,
+        images: ImageCache | None = None,
     ) -> None:
         self.catalog = catalog
         self.storage = storage
@@ -104,6 +129,18 @@ class Reconciler:
         self.streaming = StreamingGuard(
             self.guard, catalog.engine, catalog.count_nonempty, window=guard_window
         )
+        self.images = images  # metadata of image objects (`image_fields`), if configured
+
+    def plan(
+        self, row: Row, images: Sequence[Sequence[ObjectInfo]], *, dry_run: bool = False
+    ) -> Plan | None:
+        """`plan()` with the metadata image objects need (cached, else read; a dry run
+        caches nothing)."""
+        meta = None
+        if self.images is not None:
+            found = (obj for collection in images for obj in collection)
+            meta = self.images.lookup(found, remember=not dry_run)
+        return plan(row, images, self.layout, meta)
 
     # ---- one portfolio ------------------------------------------------------------------
     def sync_one(
@@ -150,7 +187,7 @@ class Reconciler:
             if row.invalid:
                 return done(status="error", error=row.invalid, duration_ms=_ms(started))
             images = self.layout.select(key, objects)
-            change = plan(row, images, self.layout)
+            change = self.plan(row, images, dry_run=dry_run)
             if change is None:
                 if not dry_run:
                     found = [o for collection in images for o in collection]
@@ -323,6 +360,7 @@ class _Merge:
         self.nonempty_before = 0
         self.conflicts: list[str] = []
         self.root_checked = False
+        self.waiting: list[tuple[Row, list[list[ObjectInfo]]]] = []  # for image metadata
 
     def run(
         self, rows: Iterator[Row], folders: Iterator[tuple[str, list[ObjectInfo] | FolderFault]]
@@ -358,6 +396,7 @@ class _Merge:
             report.folders += 1
             folder = next(named, None)
             folder_key = None if folder is None else folder_order(folder[0])
+        self.drain()
 
     def visit(self, row: Row, objects: list[ObjectInfo] | FolderFault) -> None:
         report = self.report
@@ -375,8 +414,29 @@ class _Merge:
             if not self.dry_run:
                 self.rec._record_error(row.key, str(objects))
             return
-        layout = self.rec.layout
-        change = plan(row, layout.select(row.key, objects), layout)
+        selected = self.rec.layout.select(row.key, objects)
+        if self.rec.images is None:
+            self.decide(plan(row, selected, self.rec.layout))
+            return
+        self.waiting.append((row, selected))
+        if len(self.waiting) >= LOOKUP_ROWS:
+            self.drain()
+
+    def drain(self) -> None:
+        """Plan the rows that wait for image metadata, with one cache lookup for all."""
+        if not self.waiting:
+            return
+        images = self.rec.images
+        assert images is not None
+        found = (obj for _, selected in self.waiting for group in selected for obj in group)
+        meta = images.lookup(found, remember=not self.dry_run)
+        for row, selected in self.waiting:
+            self.decide(plan(row, selected, self.rec.layout, meta))
+        self.waiting.clear()
+
+    def decide(self, change: Plan | None) -> None:
+        """Count a row in sync, hold back an emptying write, or batch the write."""
+        report = self.report
         if change is None:
             report.unchanged += 1
             return

@@ -36,7 +36,6 @@ from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
 from portfolio_sync.queue import ALL
 from portfolio_sync.queue.local import LocalQueue
-from portfolio_sync.reconcile import plan
 from portfolio_sync.wiring import Service
 
 if TYPE_CHECKING:
@@ -177,6 +176,7 @@ class Runtime:
             self._spawn(self._watch_loop, "watcher", on_restart=self._catch_up_after_restart)
         if await asyncio.to_thread(outbox.installed, self.service.catalog):
             self._spawn(self._outbox_loop, "outbox")
+        await asyncio.to_thread(self._check_triggers)
         logger.info(
             "service started",
             extra={
@@ -185,6 +185,22 @@ class Runtime:
                 "schedule": self.settings.schedule,
             },
         )
+
+    def _check_triggers(self) -> None:
+        """Warn when the installed row triggers are older than this version: they miss
+        foreign edits of the images columns until `setup` is run again."""
+        catalog = self.service.catalog
+        if self.settings.is_postgres:
+            from portfolio_sync.backends import pg_setup
+
+            stale = pg_setup.outdated(catalog)
+        else:
+            stale = outbox.outdated(catalog)
+        if stale:
+            logger.warning(
+                "row triggers are from an older version: run `portfolio-sync setup` again",
+                extra={"action": "triggers_outdated", "table": catalog.table_name},
+            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -456,7 +472,11 @@ class Runtime:
             c.column: (row.values[i] if row else None)
             for i, c in enumerate(self.layout.collections)
         }
-        in_sync = row is not None and not row.invalid and plan(row, selected, self.layout) is None
+        in_sync = (
+            row is not None
+            and not row.invalid
+            and svc.reconciler.plan(row, selected, dry_run=True) is None
+        )
         every = [p for paths in (*listing.values(), *columns.values()) for p in paths or ()]
         page = paging.page_range(every, after=after, limit=limit)
         return {

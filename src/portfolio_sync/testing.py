@@ -37,7 +37,8 @@ class MemoryStorage:
       `from` it). With `fail_after=N`, `iter_folders` first yields up to N folders, then
       raises: a listing that breaks mid-stream.
     - `requests` records each call as `(method, prefix)` so tests can count listings.
-    - `read(path)` returns the bytes given to `put(..., data=...)`, else `size` bytes 0xFF.
+    - `read(path)` returns the bytes given to `put(..., data=...)`, else `size` bytes 0xFF;
+      `read_range(path, start, n)` n of them from `start`.
     """
 
     def __init__(
@@ -150,6 +151,13 @@ class MemoryStorage:
         if max_bytes is not None and size > max_bytes:
             raise ObjectTooLarge(f"{path} is {size} bytes (limit {max_bytes})")
         return self.data.get(path, b"\xff" * size)
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        self.requests.append(("read_range", path))
+        self._raise_if_failing()
+        if path not in self.objects:
+            raise ObjectNotFound(f"no object {path} in {self.description}")
+        return self.data.get(path, b"\xff" * self.objects[path][0])[start : start + length]
 
     def close(self) -> None:
         self.closed = True

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
+from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.backends.storage import Storage, open_storage
 from portfolio_sync.config import Settings
 from portfolio_sync.layout import Layout
@@ -38,6 +39,9 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
             schema.migrate(catalog.engine)
         storage = open_storage(settings, database=catalog.engine)
         try:
+            images = None
+            if settings.image_fields:
+                images = ImageCache(catalog.engine, storage, settings.image_fields)
             reconciler = Reconciler(
                 catalog,
                 storage,
@@ -45,6 +49,7 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
                 guard=Guard(max_share=settings.max_empty_share, min_rows=settings.max_empty_rows),
                 batch_size=settings.batch_size,
                 guard_window=settings.guard_window,
+                images=images,
             )
             yield Service(
                 settings=settings,

@@ -140,6 +140,15 @@ def test_setup_installs_in_the_test_schema_is_idempotent_and_uninstalls(
     assert sql.execute(ours).fetchone() == (1,)
     assert sql.execute(triggers).fetchone() == (2,)
     with pgw.service() as svc:
+        assert not pg_setup.outdated(svc.catalog)
+        # an install recorded by the previous version is reported until setup runs again
+        sql.execute(
+            "UPDATE portfolio_sync_meta SET value = jsonb_set(value::jsonb, '{version}', '1') "
+            "WHERE name = 'postgres_triggers'"
+        )
+        assert pg_setup.outdated(svc.catalog)
+        install(pgw)
+        assert not pg_setup.outdated(svc.catalog)
         printed = pg_setup.print_sql(svc.catalog, svc.settings, bucket=None)
         assert "CREATE TRIGGER portfolio_sync_update AFTER UPDATE ON portfolios" in printed
         assert "ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING" in printed
@@ -213,9 +222,31 @@ def test_row_trigger_defers_in_the_same_transaction(
     assert jobs(sql) == [(SYNC_TASK, {"key": "1", "trigger": "database:INSERT"})]
     sql.execute("DELETE FROM procrastinate_jobs")
 
-    sql.execute("UPDATE portfolios SET images = '{1/a.jpg}' WHERE id = 1")  # our kind of write
     sql.execute("UPDATE portfolios SET title = title WHERE id = 1")  # changes nothing
     assert jobs(sql) == []
+    # an application's edit of the images column is work
+    sql.execute("UPDATE portfolios SET images = '{1/a.jpg}' WHERE id = 1")
+    assert jobs(sql) == [(SYNC_TASK, {"key": "1", "trigger": "database:UPDATE"})]
+    sql.execute("DELETE FROM procrastinate_jobs")
+    # our own compare-and-set write is not, even when it cascades into other columns
+    sql.execute(
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN NEW.title := 'stamped'; RETURN NEW; END $$"
+    )
+    sql.execute(
+        "CREATE TRIGGER stamp BEFORE UPDATE OF images ON portfolios "
+        "FOR EACH ROW EXECUTE FUNCTION stamp()"
+    )
+    pgw.put("1/b.jpg")
+    with pgw.service() as svc:
+        assert svc.reconciler.sync_one("1", "manual").status == "changed"
+    assert pgw.images(1) == ["1/b.jpg"]
+    assert jobs(sql) == []
+    sql.execute("DROP TRIGGER stamp ON portfolios")
+    # and the setting that marks it did not outlive its transaction
+    sql.execute("UPDATE portfolios SET images = '{1/a.jpg}' WHERE id = 1")
+    assert keys(sql) == ["1"]
+    sql.execute("DELETE FROM procrastinate_jobs")
 
     with pytest.raises(psycopg.errors.DivisionByZero):
         with sql.transaction():

@@ -83,9 +83,7 @@ async def test_app_row_changes_reach_the_outbox_and_sync(tmp_path: Any, world: W
             db.execute("BEGIN")
             db.execute("INSERT INTO portfolios (id, title) VALUES (6, 'rolled back')")
             db.execute("ROLLBACK")
-            # our own kind of write (images only) queues nothing either: of these changes,
-            # only the marker after them (row 6 inserted for real) is accepted
-            db.execute("UPDATE portfolios SET images = '[\"5/a.jpg\"]' WHERE id = 5")
+            # of these changes, only the marker after them (row 6 inserted for real) is work
             marker = "INSERT INTO portfolios (id, title) VALUES (6, 'marker')"
             seen = await accepted_until_marker(
                 runtime,
@@ -94,7 +92,35 @@ async def test_app_row_changes_reach_the_outbox_and_sync(tmp_path: Any, world: W
                 lambda: world.images(6) == ["6/b.jpg"],
             )
             assert seen == 1  # the marker only
+            # our own writes queue nothing, even when they cascade into other columns
+            db.execute(
+                "CREATE TRIGGER stamp AFTER UPDATE OF images ON portfolios "
+                "BEGIN UPDATE portfolios SET title = 'stamped' WHERE id = NEW.id; END"
+            )
+            world.put("5/c.jpg")
+            world.put("7/d.jpg")
+            await runtime.request("5", "manual")
+            await eventually(lambda: world.images(5) == ["5/a.jpg", "5/c.jpg"])
+            await asyncio.wait_for(runtime.queue.join(), 10)
+            seen = await accepted_until_marker(
+                runtime,
+                "outbox",
+                lambda: db.execute("INSERT INTO portfolios (id, title) VALUES (7, 'marker')"),
+                lambda: world.images(7) == ["7/d.jpg"],
+            )
+            assert seen == 1  # the marker only: the cascade of our write queued nothing
+            db.execute("DROP TRIGGER stamp")
             before = runtime.metrics.events.labels("outbox", "accepted")._value.get()
+            # an application's edit of the images column is work, and reverted
+            db.execute("UPDATE portfolios SET images = '[\"5/c.jpg\"]' WHERE id = 5")
+            await eventually(lambda: world.images(5) == ["5/a.jpg", "5/c.jpg"])
+            await eventually(
+                lambda: (
+                    runtime.metrics.events.labels("outbox", "accepted")._value.get() == before + 1
+                )
+            )
+            await asyncio.wait_for(runtime.queue.join(), 10)
+            before += 1
             # a title edit is work (a cheap no-op sync: nothing to write)
             writes = world.writes()
             db.execute("UPDATE portfolios SET title = 'renamed' WHERE id = 5")
@@ -114,7 +140,7 @@ async def test_app_row_changes_reach_the_outbox_and_sync(tmp_path: Any, world: W
                 )
             )
             entry = schema.read_history(runtime.service.catalog.engine, "5")[0]
-            assert entry["removed"] == ["5/a.jpg"]
+            assert entry["removed"] == ["5/a.jpg", "5/c.jpg"]
         finally:
             db.close()
 
@@ -137,13 +163,25 @@ async def test_setup_cli_installs_prints_and_uninstalls_triggers(world: World) -
     proc = run("setup", env=world.env())
     assert proc.returncode == 0, proc.stderr
     assert (
-        "installed row triggers on portfolios (INSERT, DELETE, UPDATE of id, title)" in proc.stdout
+        "installed row triggers on portfolios "
+        "(INSERT, DELETE, and UPDATE by anyone but portfolio-sync)" in proc.stdout
     )
     printed = run("setup", "--print-sql", env=world.env()).stdout
-    assert "CREATE TRIGGER" in printed and "AFTER UPDATE OF id, title ON portfolios" in printed
+    assert "CREATE TRIGGER" in printed and "AFTER UPDATE ON portfolios WHEN NOT EXISTS" in printed
     assert run("setup", env=world.env()).returncode == 0  # idempotent
     db = _sqlite(world)
     try:
+        with world.service() as svc:
+            assert not outbox.outdated(svc.catalog)
+            # triggers of the previous version (UPDATE of the other columns only) are outdated
+            db.execute("DROP TRIGGER portfolio_sync_portfolios_update")
+            db.execute(
+                "CREATE TRIGGER portfolio_sync_portfolios_update AFTER UPDATE OF id, title "
+                "ON portfolios BEGIN SELECT 1; END"
+            )
+            assert outbox.outdated(svc.catalog)
+            assert run("setup", env=world.env()).returncode == 0
+            assert not outbox.outdated(svc.catalog)
         count = (
             "SELECT count(*) FROM sqlite_master "
             "WHERE type = 'trigger' AND name LIKE 'portfolio_sync_%'"

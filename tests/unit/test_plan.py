@@ -65,6 +65,7 @@ def test_new_images_are_added() -> None:
         key="k",
         key_value="id:k",
         expected=('["k/a.jpg"]',),
+        replaced=(["k/a.jpg"],),
         new=(["k/a.jpg", "k/b.jpg", "k/c.jpg"],),
         added=("k/b.jpg", "k/c.jpg"),
         removed=(),

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql
 from portfolio_sync.backends import db_errors, schema
 from portfolio_sync.errors import CatalogError, ConfigError
 from portfolio_sync.models import Plan, Row
+from portfolio_sync.sources import triggers
 
 if TYPE_CHECKING:
     from portfolio_sync.config import Settings
@@ -116,7 +117,15 @@ def _ping_idle_connections(engine: sa.Engine) -> None:
 class Catalog:
     """Reads and compare-and-set writes of the portfolio table, plus our own tables."""
 
-    def __init__(self, engine: sa.Engine, *, table: str, key_column: str, columns: Sequence[str]):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        table: str,
+        key_column: str,
+        columns: Sequence[str],
+        objects: bool = False,
+    ):
         self.engine = engine
         #: The same pool, each statement committed on its own (single-statement work).
         self.autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -148,6 +157,15 @@ class Catalog:
         if missing:
             raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
         self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
+        #: Elements are objects (`image_fields`), which a text[] column cannot hold.
+        self.objects = objects
+        arrays = [c.name for c in self.columns if c.kind == "array"]
+        if objects and arrays:
+            raise ConfigError(
+                f"image_fields (PORTFOLIO_SYNC_IMAGE_FIELDS) makes each image a JSON object, "
+                f"but column(s) {', '.join(arrays)} are text[]: use jsonb (ALTER TABLE … "
+                "ALTER COLUMN … TYPE jsonb USING to_jsonb(…)), json or JSON text"
+            )
         self.key_column = key_column
         self.all_columns = tuple(c.name for c in reflected.c)
         self.quote = self._quote = quote
@@ -158,7 +176,11 @@ class Catalog:
         engine = create_engine(settings.database_url)
         try:
             return cls(
-                engine, table=settings.table, key_column=settings.key_column, columns=columns
+                engine,
+                table=settings.table,
+                key_column=settings.key_column,
+                columns=columns,
+                objects=bool(settings.image_fields),
             )
         except BaseException:
             engine.dispose()
@@ -215,7 +237,7 @@ class Catalog:
         if len(record) == 2:  # one images column: the bulk read's hot path
             key_value, value = record
             try:
-                decoded = _decode(self.columns[0], value)
+                decoded = _decode(self.columns[0], value, self.objects)
             except ValueError as exc:
                 return Row(
                     key=str(key_value),
@@ -227,11 +249,11 @@ class Catalog:
             return Row(key=str(key_value), key_value=key_value, values=(decoded,), raw=(value,))
         key_value = record[0]
         raw = tuple(record[1:])
-        values: list[list[str] | None] = []
+        values: list[list[Any] | None] = []
         invalid: str | None = None
         for col, value in zip(self.columns, raw, strict=True):
             try:
-                values.append(_decode(col, value))
+                values.append(_decode(col, value, self.objects))
             except ValueError as exc:
                 values.append(None)
                 invalid = f"column {col.name}: {exc}"
@@ -404,12 +426,18 @@ class Catalog:
                 else:
                     written = self._cas_sqlite(conn, plans)
                 done = [p for p in plans if p.key in written]
-                schema.record_writes(conn, done, trigger=trigger, durations=durations or {})
+                schema.record_writes(
+                    conn,
+                    done,
+                    trigger=trigger,
+                    durations=durations or {},
+                    columns=[c.name for c in self.columns],
+                )
         except sa.exc.SQLAlchemyError as exc:
             raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
         return written
 
-    def _encode(self, col: ImagesColumn, value: list[str] | None) -> Any:
+    def _encode(self, col: ImagesColumn, value: list[Any] | None) -> Any:
         if value is None or col.kind == "array":
             return value
         return json.dumps(value, ensure_ascii=False)
@@ -423,7 +451,14 @@ class Catalog:
         # hundreds of times per batch, was most of a bulk pass's write time.
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         written = set()
+        meta = self._quote(schema.meta.name)
         try:
+            # The mark the row triggers check: our own writes are not new work. Inserted
+            # and deleted in this transaction, so no other connection ever sees it.
+            cursor.execute(
+                f"INSERT OR REPLACE INTO {meta} (name, value) VALUES (?, '')",
+                (triggers.OWN_WRITE_MARKER,),
+            )
             for plan in plans:
                 params = [self._encode(col, plan.new[i]) for i, col in enumerate(self.columns)]
                 params.append(plan.key_value)
@@ -431,6 +466,7 @@ class Catalog:
                 cursor.execute(sql, params)
                 if cursor.rowcount == 1:
                     written.add(plan.key)
+            cursor.execute(f"DELETE FROM {meta} WHERE name = ?", (triggers.OWN_WRITE_MARKER,))
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
         finally:
@@ -464,8 +500,13 @@ class Catalog:
             for i, c in enumerate(cols)
         )
         head = f"UPDATE {self._table_sql} AS t SET {sets} FROM (VALUES ".replace("%", "%%")
+        # `own` turns on the transaction-local setting the row trigger checks (our writes are
+        # not new work) in this statement rather than one more round trip: no row can be
+        # updated before the one-row subquery that sets it was evaluated.
+        own = f"(SELECT set_config('{triggers.OWN_WRITE_SETTING}', 'on', true)) AS own(mark)"
         tail = (
-            f") AS v({', '.join(names)}) WHERE t.{self._key_sql} = v.k AND {checks} "
+            f") AS v({', '.join(names)}) CROSS JOIN {own} "
+            f"WHERE t.{self._key_sql} = v.k AND {checks} "
             f"RETURNING CAST(t.{self._key_sql} AS TEXT)"
         ).replace("%", "%%")
         sql = head + ", ".join([row_sql] * len(plans)) + tail
@@ -522,8 +563,9 @@ def _key_kind(col_type: sa.types.TypeEngine[Any]) -> KeyKind:
     return "text"
 
 
-def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
-    """The list a stored value holds; ValueError if it is not a list of strings."""
+def _decode(col: ImagesColumn, value: Any, objects: bool = False) -> list[Any] | None:
+    """The list a stored value holds; ValueError if it is not a list of strings (with
+    `objects`: of strings or objects with a string `path`)."""
     if value is None:
         return None
     if col.kind != "array":
@@ -535,9 +577,19 @@ def _decode(col: ImagesColumn, value: Any) -> list[str] | None:
             if not value.strip():  # blank text counts as NULL
                 return None
             raise ValueError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(value, list) or not all(map(isinstance, value, repeat(str))):
-        raise ValueError("not a list of strings")
-    return value
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    if all(map(isinstance, value, repeat(str))):
+        return value
+    if objects:
+        if all(isinstance(v, str) or _is_element(v) for v in value):
+            return value
+        raise ValueError("not a list of objects with a string 'path' (or of strings)")
+    raise ValueError("not a list of strings")
+
+
+def _is_element(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("path"), str)
 
 
 def utcnow() -> datetime:

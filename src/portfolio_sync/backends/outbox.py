@@ -24,21 +24,13 @@ class OutboxEntry:
     old_images: list[str] | None = None
 
 
-def watched_columns(catalog: Catalog) -> list[str]:
-    """Columns whose UPDATE means new work: all but the images columns."""
-    images = {c.name for c in catalog.columns}
-    return [c for c in catalog.all_columns if c not in images]
-
-
 def install_sql(catalog: Catalog) -> list[str]:
     if catalog.dialect != "sqlite":
         return []
-    others = [c for c in watched_columns(catalog) if c != catalog.key_column]
     return triggers.sqlite_install(
         table=catalog.table_name,
         key=catalog.key_column,
         images=[c.name for c in catalog.columns],
-        others=others,
         quote=catalog.quote,
     )
 
@@ -69,6 +61,19 @@ def installed(catalog: Catalog) -> bool:
             {"n": names[0]},
         ).scalar_one()
     return bool(found)
+
+
+def outdated(catalog: Catalog) -> bool:
+    """Whether installed triggers differ from what `setup` would install now (an older
+    version, or other columns): re-running setup replaces them."""
+    if not installed(catalog):
+        return False
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+        found = {name: sql for name, sql in rows}
+    wanted = [s for s in install_sql(catalog) if s.startswith("CREATE TRIGGER")]
+    names = triggers.sqlite_trigger_names(catalog.table_name)
+    return [found.get(name) for name in names] != wanted
 
 
 def take(catalog: Catalog, limit: int = 1000) -> list[OutboxEntry]:

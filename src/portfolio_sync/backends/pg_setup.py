@@ -36,7 +36,8 @@ from portfolio_sync.queue import jobs as pq
 from portfolio_sync.sources import triggers
 
 META_KEY = "postgres_triggers"
-VERSION = 1
+#: 2: the row trigger also fires on foreign UPDATEs of the images columns.
+VERSION = 2
 OBJECTS_TABLE = "storage.objects"
 
 
@@ -104,13 +105,12 @@ def plan(catalog: Catalog, settings: Settings, *, install_schema: str, bucket: s
         quote=quote,
         target=target,
     )
-    images = ", ".join(c.name for c in catalog.columns)
     installed = [
         Installed(
             function=f"{target.schema}.{quote(function)}",
             table=table_sql,
             triggers=(write, update),
-            what=f"{catalog.table_name} (INSERT, DELETE, UPDATE of columns other than {images})",
+            what=f"{catalog.table_name} (INSERT, DELETE, and UPDATE by anyone but portfolio-sync)",
         )
     ]
     if bucket:
@@ -269,6 +269,17 @@ def _queue_schema(conn: sa.Connection) -> str:
 
 def _exists(conn: sa.Connection, name: str) -> bool:
     return bool(conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar())
+
+
+def outdated(catalog: Catalog) -> bool:
+    """Whether setup recorded triggers of an older version (re-running setup replaces them)."""
+    with catalog.engine.connect() as conn:
+        if not _exists(conn, schema.meta.name):
+            return False
+        value = conn.execute(
+            sa.select(schema.meta.c.value).where(schema.meta.c.name == META_KEY)
+        ).scalar()
+    return value is not None and int(json.loads(value).get("version", 0)) < VERSION
 
 
 def _recorded(conn: sa.Connection) -> list[dict[str, Any]]:

@@ -66,6 +66,9 @@ history = sa.Table(
     sa.Column("added", sa.JSON, nullable=False),
     sa.Column("removed", sa.JSON, nullable=False),
     sa.Column("duration_ms", sa.Float, nullable=False),
+    # the row's previous value per column ({"images": [...]}), so a reverted edit can be
+    # read back (and redone by hand); NULL for entries that are not row writes
+    sa.Column("replaced", sa.JSON),
     sa.Index("portfolio_sync_history_key_at", "key", "at"),
 )
 
@@ -90,6 +93,22 @@ emptying = sa.Table(
 )
 
 _HELD_COLUMNS = ("held_at", "held_reason", "held_write")
+
+# What reading an image told, so a file is read once: a row is valid while the listing
+# shows the same size and mtime for its path (`version`: the mtime as text).
+images = sa.Table(
+    "portfolio_sync_images",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("type", sa.String(100)),
+    sa.Column("placeholder", sa.String(200)),
+    sa.Column("error", sa.Text),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 #: Standard Webhooks ``webhook-id`` values already acted on (digests), shared by every
@@ -132,11 +151,25 @@ def _v4(conn: sa.Connection) -> None:
     webhook_ids.create(conn, checkfirst=True)
 
 
+def _v5(conn: sa.Connection) -> None:
+    # _v1 creates the table from today's definition, which already has the column
+    names = {c["name"] for c in sa.inspect(conn).get_columns(history.name)}
+    if "replaced" not in names:
+        kind = history.c.replaced.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {history.name} ADD COLUMN replaced {kind}"))
+
+
+def _v6(conn: sa.Connection) -> None:
+    images.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
     (3, "held writes and the streaming guard's window", _v3),
     (4, "webhook ids seen (dedup shared by all instances)", _v4),
+    (5, "history keeps the value each write replaced", _v5),
+    (6, "image metadata cache", _v6),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -216,7 +249,7 @@ _STATE_FIELDS = (
     "attempts",
     *_HELD_COLUMNS,
 )
-_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms")
+_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms", "replaced")
 _Processor = Callable[[Any], Any] | None
 
 
@@ -286,6 +319,13 @@ def _insert_many(
     conn.exec_driver_sql(sql, rows)
 
 
+def upsert_many(
+    conn: sa.Connection, table: sa.Table, fields: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert or replace `rows` (tuples in `fields` order, keyed by the first field)."""
+    _insert_many(conn, table, fields, rows, upsert=True)
+
+
 def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tuple[Any, ...]]:
     """State rows of keys found in sync (key, fingerprint) as of ``at``: errors and held
     writes cleared."""
@@ -293,14 +333,28 @@ def _state_rows(keys: Sequence[tuple[str, str | None]], at: datetime) -> list[tu
 
 
 def record_writes(
-    conn: sa.Connection, plans: Sequence[Plan], *, trigger: str, durations: dict[str, float]
+    conn: sa.Connection,
+    plans: Sequence[Plan],
+    *,
+    trigger: str,
+    durations: dict[str, float],
+    columns: Sequence[str],
 ) -> None:
-    """History and state for rows just written, inside the writing transaction."""
+    """History and state for rows just written (to `columns`), inside the writing
+    transaction."""
     if not plans:
         return
     at = now()
     history_rows = [
-        (p.key, at, trigger, list(p.added), list(p.removed), round(durations.get(p.key, 0.0), 3))
+        (
+            p.key,
+            at,
+            trigger,
+            list(p.added),
+            list(p.removed),
+            round(durations.get(p.key, 0.0), 3),
+            dict(zip(columns, p.replaced, strict=True)) if p.replaced else None,
+        )
         for p in plans
     ]
     _insert_many(conn, history, _HISTORY_FIELDS, history_rows)

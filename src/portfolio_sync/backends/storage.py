@@ -98,6 +98,12 @@ class Storage(Protocol):
         """
         ...
 
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """`length` bytes from offset `start` of the listed object at `path` (fewer at its
+        end): a ranged GET on S3, so reading an image header costs its header only. Raises
+        ObjectNotFound or StorageError like `read`."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -234,6 +240,13 @@ class LocalStorage:
                 yield name, objects if error is None else FolderFault(error)
 
     def read(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        return self._read(path, None, max_bytes)
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        return self._read(path, (start, length), None)
+
+    def _read(self, path: str, span: tuple[int, int] | None, max_bytes: int | None) -> bytes:
+        """The (start, length) `span` (None: all) of the regular file `path` in the root."""
         # Resolving (symlinks included) before the containment check is what stops `..`
         # segments and links that lead out of the root.
         try:
@@ -257,6 +270,9 @@ class LocalStorage:
                     raise ObjectNotFound(f"{path} in {self.description} is not a regular file")
                 if max_bytes is not None and st.st_size > max_bytes:
                     raise ObjectTooLarge(f"{path} is {st.st_size} bytes (limit {max_bytes})")
+                if span is not None:
+                    handle.seek(span[0])
+                    return handle.read(span[1])
                 data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
             except OSError as exc:
                 raise StorageError(f"cannot read {path} in {self.description}: {exc}") from exc
@@ -544,6 +560,17 @@ class S3Storage:
             return bytes(result.bytes())
         except StorageError:
             raise
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise ObjectNotFound(f"no object {path} in {self.description}") from exc
+        except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
+            raise StorageError(f"cannot read {path} from {self.description}: {exc}") from exc
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return bytes(obstore.get_range(self._store, path, start=start, length=length))
         except (NotFoundError, FileNotFoundError) as exc:
             raise ObjectNotFound(f"no object {path} in {self.description}") from exc
         except Exception as exc:  # obstore raises its own tree plus OSError/ValueError

@@ -175,6 +175,9 @@ class SupabaseDbStorage:
         # store, reached over HTTP with keys this backend exists to do without).
         raise ObjectNotFound(f"{self.description} lists objects; it cannot read {path}")
 
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        raise ObjectNotFound(f"{self.description} lists objects; it cannot read {path}")
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()

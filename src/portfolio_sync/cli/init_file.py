@@ -44,6 +44,11 @@ order = "name"
 #               "tif", "tiff", "bmp", "svg"]
 recursive = false
 
+# Store each image as a JSON object (jsonb/json/JSON text columns) with these fields;
+# fields your editors add (alt, caption, …) are kept. Empty: plain strings.
+# image_fields = ["path", "url", "width", "height", "bytes", "etag", "uploaded", "type",
+#                 "placeholder"]
+
 # Full pass schedule (cron) for the service.
 schedule = "*/15 * * * *"
 

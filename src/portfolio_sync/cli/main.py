@@ -290,7 +290,7 @@ def setup(
             outbox.run(catalog, statements)
             typer.echo(
                 f"installed row triggers on {catalog.table_name} "
-                f"(INSERT, DELETE, UPDATE of {', '.join(outbox.watched_columns(catalog))})"
+                "(INSERT, DELETE, and UPDATE by anyone but portfolio-sync)"
             )
 
 

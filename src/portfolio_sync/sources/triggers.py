@@ -1,12 +1,24 @@
 """SQL that `portfolio-sync setup` installs on the user's table so row changes become work.
 
 SQLite (embedded default): triggers append the key to `portfolio_sync_outbox`, which the
-service drains. They fire on INSERT, DELETE, and UPDATE of any column *except* the images
-columns, so the service's own writes never come back as work (architecture invariant 5).
-`UPDATE OF` needs the column list: re-run `setup` after adding columns to the table.
+service drains. PostgreSQL: triggers defer a procrastinate job in the same transaction as the
+change, on the portfolio table and optionally on Supabase's `storage.objects` (see below).
 
-PostgreSQL: triggers defer a procrastinate job in the same transaction as the change, on
-the portfolio table and optionally on Supabase's `storage.objects` (see below).
+Both fire on INSERT, DELETE and any UPDATE, images columns included (an editor's or another
+program's edit of the images is drift, corrected at once), except UPDATEs made inside
+portfolio-sync's own compare-and-set transaction (architecture invariant 5). That
+transaction marks itself, and the mark is visible to nobody else:
+
+- PostgreSQL: ``set_config('portfolio_sync.writer', 'on', true)``, a transaction-local
+  setting; any other session reads '' or NULL.
+- SQLite: a ``portfolio_sync_meta`` row inserted before the writes and deleted before the
+  commit. SQLite has one writer at a time and readers only see commits, so only our own
+  transaction ever sees the row. (A function registered on our connections would not do:
+  the application's connections lack it, and their UPDATEs would fail; a trigger on a main
+  table cannot read a connection's TEMP table.)
+
+Writes cascading from ours (a user trigger stamping ``updated_at``) are part of the same
+transaction, so they do not loop either.
 """
 
 from __future__ import annotations
@@ -17,6 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 TRIGGER_PREFIX = "portfolio_sync_"
+#: PostgreSQL: the transaction-local setting our compare-and-set transaction turns 'on'.
+OWN_WRITE_SETTING = "portfolio_sync.writer"
+#: SQLite: the `portfolio_sync_meta` name of the row that marks our own write transaction.
+OWN_WRITE_MARKER = "own_write_in_progress"
 
 
 def literal(value: str) -> str:
@@ -35,20 +51,21 @@ def sqlite_install(
     table: str,
     key: str,
     images: Sequence[str],
-    others: Sequence[str],
     quote: Callable[[str], str],
 ) -> list[str]:
-    """Statements (drop + create, so re-running `setup` picks up new columns)."""
+    """Statements (drop + create, so re-running `setup` replaces older versions)."""
     t, k = quote(table), quote(key)
     ins, upd, dele = sqlite_trigger_names(table)
     old_images = "json_object(" + ", ".join(f"{literal(c)}, OLD.{quote(c)}" for c in images) + ")"
-    watched = ", ".join(quote(c) for c in [key, *others])
+    not_ours = (
+        f"NOT EXISTS (SELECT 1 FROM portfolio_sync_meta WHERE name = {literal(OWN_WRITE_MARKER)})"
+    )
     return [
         *(f"DROP TRIGGER IF EXISTS {quote(name)}" for name in (ins, upd, dele)),
         f"CREATE TRIGGER {quote(ins)} AFTER INSERT ON {t} BEGIN "
         f"INSERT INTO portfolio_sync_outbox (key, op) VALUES (CAST(NEW.{k} AS TEXT), 'INSERT'); "
         "END",
-        f"CREATE TRIGGER {quote(upd)} AFTER UPDATE OF {watched} ON {t} BEGIN "
+        f"CREATE TRIGGER {quote(upd)} AFTER UPDATE ON {t} WHEN {not_ours} BEGIN "
         f"INSERT INTO portfolio_sync_outbox (key, op) VALUES (CAST(NEW.{k} AS TEXT), 'UPDATE'); "
         f"INSERT INTO portfolio_sync_outbox (key, op, old_images) SELECT CAST(OLD.{k} AS TEXT), "
         f"'DELETE', {old_images} WHERE OLD.{k} IS NOT NEW.{k}; "
@@ -175,9 +192,11 @@ def postgres_row_install(
 ) -> list[str]:
     """Function + triggers deferring `sync_portfolio` for INSERT, DELETE and real UPDATEs.
 
-    An UPDATE counts when the row differs outside the images columns (`images`: name and
-    kind pairs), so the service's own writes are not new work (invariant 5) and columns added
-    later are covered without re-running setup. A key change syncs the old key as a DELETE.
+    An UPDATE counts when it changed the row (any column, images included: a foreign edit
+    is drift) and was not made by portfolio-sync's own write transaction (which sets
+    `OWN_WRITE_SETTING`), so the service's own writes are not new work (invariant 5).
+    `images` (name and kind pairs) are the columns reported for a deleted row. A key change
+    syncs the old key as a DELETE.
     """
     function, write, update = postgres_row_names(table)
     fn = f"{target.schema}.{quote(function)}"
@@ -199,14 +218,14 @@ def postgres_row_install(
         + _defer(target, f"NEW.{k}::text", "'database:' || TG_OP")
         + "\n  END IF;\n  RETURN NULL;\nEND\n$fn$"
     )
-    skip = "ARRAY[" + ", ".join(literal(name) for name, _ in images) + "]::text[]"
     return _install(
         body,
         fn,
         table_sql,
         (write, update),
         "UPDATE",
-        f"(to_jsonb(OLD.*) - {skip}) IS DISTINCT FROM (to_jsonb(NEW.*) - {skip})",
+        f"current_setting({literal(OWN_WRITE_SETTING)}, true) IS DISTINCT FROM 'on' "
+        "AND to_jsonb(OLD.*) IS DISTINCT FROM to_jsonb(NEW.*)",
     )
 
 

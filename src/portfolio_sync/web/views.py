@@ -47,7 +47,7 @@ def badge(found: dict[str, Any], layout: Layout) -> Badge:
         return Badge(tone="bad", text="invalid value", title=found["invalid"])
     if found["in_sync"]:
         return Badge(tone="good", text="in sync")
-    have = {v for value in found["columns"].values() for v in (value or [])}
+    have = {v for value in found["columns"].values() for v in shown(value, layout)}
     rendered = {layout.render_path(p) for paths in found["listing"].values() for p in paths}
     missing, extra = len(rendered - have), len(have - rendered)
     if not missing and not extra:
@@ -85,14 +85,21 @@ def row(found: dict[str, Any], layout: Layout, base: str) -> dict[str, Any]:
     }
 
 
-def compare(values: list[str] | None, paths: list[str], layout: Layout, base: str) -> list[Line]:
+def shown(values: list[Any] | None, layout: Layout) -> list[str]:
+    """A column's elements as the strings they stand for: image objects (`image_fields`)
+    by their path, rendered like a string element would be."""
+    return [layout.render_path(v["path"]) if isinstance(v, dict) else v for v in values or []]
+
+
+def compare(values: list[Any] | None, paths: list[str], layout: Layout, base: str) -> list[Line]:
     """The row's values beside the folder's files, matched by rendered value.
 
     Files come in the folder's natural order with their row value if the row has it
     ("both") or not ("add": the next sync adds it); values no file renders to follow
     ("remove": the next sync drops them). Removed values get no preview: the file is gone.
     """
-    have = set(values or [])
+    values = shown(values, layout)
+    have = set(values)
     lines = []
     rendered = set()
     for path in paths:
@@ -108,8 +115,6 @@ def compare(values: list[str] | None, paths: list[str], layout: Layout, base: st
             )
         )
     lines.extend(
-        Line(state="remove", value=v, path=None, thumb=None)
-        for v in (values or [])
-        if v not in rendered
+        Line(state="remove", value=v, path=None, thumb=None) for v in values if v not in rendered
     )
     return lines

@@ -60,3 +60,15 @@ def test_row_shows_the_first_thumbnails_in_natural_order() -> None:
                                                 "p5.jpg", "p6.jpg"]  # fmt: skip
     assert (row["more"], row["row_count"], row["folder_count"]) == (2, 2, 8)
     assert views.row({"key": "x", "failed": "boom"}, PLAIN, "") == {"key": "x", "failed": "boom"}
+
+
+def test_image_objects_are_shown_by_their_path() -> None:
+    objects = Layout(public_url="https://cdn.example.com/{path}", image_fields=("path", "url"))
+    row = [{"path": "7/a.jpg", "alt": "A"}, {"path": "7/gone.jpg"}]
+    lines = views.compare(row, ["7/a.jpg"], objects, "")
+    assert [(line.state, line.value) for line in lines] == [
+        ("both", "https://cdn.example.com/7/a.jpg"),
+        ("remove", "https://cdn.example.com/7/gone.jpg"),
+    ]
+    badge = views.badge(found(row, ["7/a.jpg", "7/b.jpg"]), objects)  # type: ignore[arg-type]
+    assert badge.text == "out of sync +1 \u22121"
