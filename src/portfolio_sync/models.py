@@ -28,7 +28,7 @@ class Row:
     key_value: Any
     values: tuple[list[str] | None, ...]
     raw: tuple[Any, ...]
-    invalid: str | None = None  # why a value could not be decoded; such rows are never written
+    invalid: str | None = None  # why a value could not be decoded (replaced by the listing)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +43,7 @@ class Plan:
     removed: tuple[str, ...]
     fingerprint: str | None = None  # digest of the listing the plan was made from
     before: int = 0  # images the row held before (all columns)
+    invalid: str | None = None  # why the old value was unreadable (history keeps it raw)
 
     @property
     def empties(self) -> bool:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 from portfolio_sync.backends import schema
 from portfolio_sync.errors import CatalogError, ConfigError
+from portfolio_sync.explain import database_error, missing_table
 from portfolio_sync.models import Plan, Row
 
 if TYPE_CHECKING:
@@ -37,6 +39,10 @@ ColumnKind = Literal["array", "jsonb", "json", "jsontext"]
 KeyKind = Literal["int", "uuid", "text"]
 _INT = re.compile(r"^-?[0-9]+$")
 _FETCH_ROWS = 2000  # rows per fetch of the bulk read
+_TYPE_HINT = (
+    "an images column must be text[], jsonb or json (PostgreSQL) or JSON text; "
+    "alter it or name another with --images-column"
+)
 
 Browse = Literal["error", "never", "held"]
 #: Conditions of :meth:`Catalog.browse`'s `only`, on our state table `s` beside row `t`
@@ -53,6 +59,23 @@ class ImagesColumn:
     name: str
     kind: ColumnKind
     sql_type: str  # as the dialect spells it, for casts
+
+
+def check_sqlite_file(url: str) -> None:
+    """ConfigError unless a SQLite URL names a file that exists (or is in memory)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if parsed.database.startswith("file:"):  # a URI: the driver's own rules apply
+        return
+    path = Path(parsed.database).resolve()
+    if not path.exists():
+        raise ConfigError(
+            f"SQLite database {path} does not exist",
+            hint="fix PORTFOLIO_SYNC_DATABASE_URL (relative paths in a config file are "
+            "relative to its folder), or create it with your app (`portfolio-sync demo` "
+            "makes a sample one)",
+        )
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -132,17 +155,24 @@ class Catalog:
                 table_name, sa.MetaData(), autoload_with=engine, schema=schema_name or None
             )
         except sa.exc.NoSuchTableError:
-            raise CatalogError(f"table {table!r} does not exist in {self.describe()}") from None
+            raise missing_table(table, engine.url) from None
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"cannot read table {table!r}: {exc}") from exc
+            raise database_error(exc, engine.url, doing=f"reading table {table}") from exc
         if key_column not in reflected.c:
-            raise ConfigError(f"table {table!r} has no key column {key_column!r}")
+            raise ConfigError(
+                f"table {table!r} has no key column {key_column!r}",
+                hint=f"name it with --key-column (columns: {', '.join(reflected.c.keys())})",
+            )
         self.key_kind = _key_kind(reflected.c[key_column].type)
         self._key_sql = quote(key_column)
         self._key_type = reflected.c[key_column].type.compile(dialect=engine.dialect)
         missing = [c for c in columns if c not in reflected.c]
         if missing:
-            raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
+            raise ConfigError(
+                f"table {table!r} has no images column(s) {', '.join(missing)}",
+                hint="name yours with --images-column or --collections, or add it "
+                f"(columns: {', '.join(reflected.c.keys())})",
+            )
         self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
         self.key_column = key_column
         self.all_columns = tuple(c.name for c in reflected.c)
@@ -151,6 +181,9 @@ class Catalog:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def open(cls, settings: Settings, columns: Sequence[str]) -> Catalog:
+        """Open the existing table; a SQLite file that does not exist is an error (creating
+        an empty one would only move the failure to "no such table", in a new file)."""
+        check_sqlite_file(settings.database_url)
         engine = create_engine(settings.database_url)
         try:
             return cls(
@@ -171,7 +204,7 @@ class Catalog:
         kind: ColumnKind
         if self.dialect == "postgresql" and isinstance(col_type, sa.ARRAY):
             if not isinstance(col_type.item_type, sa.String):
-                raise ConfigError(f"column {name!r} is {sql_type}; expected text[]")
+                raise ConfigError(f"column {name!r} is {sql_type}", hint=_TYPE_HINT)
             kind = "array"
         elif self.dialect == "postgresql" and isinstance(col_type, postgresql.JSONB):
             kind = "jsonb"
@@ -180,9 +213,7 @@ class Catalog:
         elif isinstance(col_type, sa.String | sa.JSON) or self.dialect == "sqlite":
             kind = "jsontext"
         else:
-            raise ConfigError(
-                f"column {name!r} is {sql_type}; expected text[], jsonb, json or JSON text"
-            )
+            raise ConfigError(f"column {name!r} is {sql_type}", hint=_TYPE_HINT)
         return ImagesColumn(name=name, kind=kind, sql_type=sql_type)
 
     # ---- keys and values ------------------------------------------------------------------
@@ -285,13 +316,13 @@ class Catalog:
                 else:
                     cursor = dbapi_conn.cursor()
             except error as exc:
-                raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+                raise self._explained(exc, "reading") from exc
             try:
                 try:
                     cursor.execute(sql)
                     first = cursor.fetchmany(_FETCH_ROWS)  # forces the snapshot now
                 except error as exc:
-                    raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+                    raise self._explained(exc, "reading") from exc
                 yield self._iter_rows(first, cursor, error)
             finally:
                 try:
@@ -307,7 +338,7 @@ class Catalog:
                     yield make(record)
                 batch = cursor.fetchmany(_FETCH_ROWS)
         except error as exc:
-            raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "reading") from exc
 
     def _folder_order(self) -> str:
         """`storage.folder_order` of the key in SQL: the UTF-8 bytes of `key/` (SQLite's
@@ -399,7 +430,7 @@ class Catalog:
                 done = [p for p in plans if p.key in written]
                 schema.record_writes(conn, done, trigger=trigger, durations=durations or {})
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         return written
 
     def _encode(self, col: ImagesColumn, value: list[str] | None) -> Any:
@@ -425,7 +456,7 @@ class Catalog:
                 if cursor.rowcount == 1:
                     written.add(plan.key)
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         finally:
             cursor.close()
         return written
@@ -469,7 +500,7 @@ class Catalog:
             cursor.execute(sql, params)
             return {str(k) for (k,) in cursor.fetchall()}
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         finally:
             cursor.close()
 
@@ -481,7 +512,10 @@ class Catalog:
             with (self.autocommit_engine if autocommit else self.engine).connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"database error on {self.table_name}: {exc}") from exc
+            raise self._explained(exc, "using") from exc
+
+    def _explained(self, exc: BaseException, doing: str) -> CatalogError:
+        return database_error(exc, self.engine.url, doing=f"{doing} {self.table_name}")
 
 
 def _key_kind(col_type: sa.types.TypeEngine[Any]) -> KeyKind:

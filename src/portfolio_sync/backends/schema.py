@@ -11,7 +11,7 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -63,6 +63,8 @@ history = sa.Table(
     sa.Column("added", sa.JSON, nullable=False),
     sa.Column("removed", sa.JSON, nullable=False),
     sa.Column("duration_ms", sa.Float, nullable=False),
+    # the raw value a write replaced when it was not a list of strings (JSON text)
+    sa.Column("replaced", sa.Text),
     sa.Index("portfolio_sync_history_key_at", "key", "at"),
 )
 
@@ -89,6 +91,23 @@ emptying = sa.Table(
 _HELD_COLUMNS = ("held_at", "held_reason", "held_write")
 
 
+passes = sa.Table(
+    "portfolio_sync_passes",
+    metadata,
+    _id_column(),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("trigger", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # ok | errors | aborted
+    sa.Column("reason", sa.Text),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("changed", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("orphans", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+)
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
         table.create(conn, checkfirst=True)
@@ -110,10 +129,19 @@ def _v3(conn: sa.Connection) -> None:
     emptying.create(conn, checkfirst=True)
 
 
+def _v4(conn: sa.Connection) -> None:
+    passes.create(conn, checkfirst=True)
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(history.name)}
+    if "replaced" not in columns:
+        quote = conn.dialect.identifier_preparer.quote
+        conn.execute(sa.text(f"ALTER TABLE {quote(history.name)} ADD COLUMN replaced TEXT"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "state and history tables", _v1),
     (2, "outbox table filled by row triggers", _v2),
     (3, "held writes and the streaming guard's window", _v3),
+    (4, "full passes with their outcome; history keeps unreadable values it replaced", _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -183,7 +211,7 @@ _STATE_FIELDS = (
     "attempts",
     *_HELD_COLUMNS,
 )
-_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms")
+_HISTORY_FIELDS = ("key", "at", "trigger", "added", "removed", "duration_ms", "replaced")
 _Processor = Callable[[Any], Any] | None
 
 
@@ -267,13 +295,102 @@ def record_writes(
         return
     at = now()
     history_rows = [
-        (p.key, at, trigger, list(p.added), list(p.removed), round(durations.get(p.key, 0.0), 3))
+        (
+            p.key,
+            at,
+            trigger,
+            list(p.added),
+            list(p.removed),
+            round(durations.get(p.key, 0.0), 3),
+            _replaced_text(p),
+        )
         for p in plans
     ]
     _insert_many(conn, history, _HISTORY_FIELDS, history_rows)
     # one state row per key (an upsert cannot touch a row twice in one statement)
     state_rows = _state_rows(list({p.key: p.fingerprint for p in plans}.items()), at)
     _insert_many(conn, state, ("key", *_STATE_FIELDS), state_rows, upsert=True)
+
+
+def _replaced_text(plan: Plan) -> str | None:
+    """The raw values of an unreadable row, as JSON text (nothing is lost by the write)."""
+    if plan.invalid is None:
+        return None
+    return json.dumps([_raw_json(v) for v in plan.expected], ensure_ascii=False)
+
+
+def _raw_json(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+PassOutcome = Literal["ok", "errors", "aborted"]
+
+
+def record_pass(
+    engine: sa.Engine,
+    *,
+    started_at: datetime,
+    trigger: str,
+    outcome: PassOutcome,
+    reason: str | None,
+    rows: int,
+    changed: int,
+    errors: int,
+    orphans: int,
+    duration_ms: float,
+) -> None:
+    """Keep every full pass, completed or not, so a failing one cannot look like the last
+    good one (`status`, the dashboard, /metrics and /readyz read it back)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(passes).values(
+                started_at=started_at,
+                finished_at=now(),
+                trigger=trigger[:200],
+                outcome=outcome,
+                reason=reason[:2000] if reason else None,
+                rows=rows,
+                changed=changed,
+                errors=errors,
+                orphans=orphans,
+                duration_ms=round(duration_ms, 1),
+            )
+        )
+
+
+def recent_passes(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The last full passes, newest first, with outcome and reason."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(passes.name):
+            return []
+        rows = conn.execute(sa.select(passes).order_by(passes.c.id.desc()).limit(limit))
+        return [_utc(dict(r)) for r in rows.mappings()]
+
+
+def pass_summary(engine: sa.Engine) -> dict[str, Any]:
+    """The last pass, the last successful one, and how many failed in a row since."""
+    recent = recent_passes(engine, 100)
+    failures = 0
+    for entry in recent:
+        if entry["outcome"] == "ok":
+            break
+        failures += 1
+    last_ok = next((p for p in recent if p["outcome"] == "ok"), None)
+    return {
+        "last": recent[0] if recent else None,
+        "last_ok": last_ok,
+        "consecutive_failures": failures,
+    }
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite hands back naive datetimes; every one we store is UTC."""
+    return {
+        k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+        for k, v in row.items()
+    }
 
 
 def record_event(
