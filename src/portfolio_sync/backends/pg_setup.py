@@ -209,6 +209,29 @@ def uninstall(catalog: Catalog, settings: Settings, *, bucket: str | None = None
     return [f"removed {triggers_} trigger(s) and {functions} function(s)"]
 
 
+def installed_triggers(catalog: Catalog) -> list[str]:
+    """What `setup` recorded and is still in place (for `check`)."""
+    with catalog.engine.connect() as conn:
+        return [
+            item["what"]
+            for item in _recorded(conn)
+            if _exists(conn, item["table"])
+            and all(_trigger_exists(conn, item["table"], name) for name in item["triggers"])
+        ]
+
+
+def _trigger_exists(conn: sa.Connection, table: str, name: str) -> bool:
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger "
+                "WHERE tgrelid = to_regclass(:t) AND tgname = :n)"
+            ),
+            {"t": table, "n": name},
+        ).scalar()
+    )
+
+
 def print_sql(
     catalog: Catalog, settings: Settings, *, bucket: str | None, remove: bool = False
 ) -> str:

@@ -364,6 +364,34 @@ def worker(
 
 
 @app.command()
+def check(ctx: typer.Context) -> None:
+    """Show the effective settings and where each came from, then check the database, the
+    table and its columns, our tables, triggers and storage: one line each, with the fix.
+
+    Exit 0 when everything needed works, 1 when a backend cannot be used, 2 when the
+    configuration is wrong.
+    """
+    from portfolio_sync.cli import doctor
+
+    root = ctx.find_root()
+    obj = root.obj or {}
+    try:
+        settings = settings_of(ctx)
+    except ConfigError as exc:
+        typer.echo(f"✗ configuration: {exc}")
+        raise typer.Exit(2) from None
+    flags = {
+        name
+        for name in obj.get("overrides", {})
+        if getattr(root.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    }
+    found = doctor.origins(settings, flags=flags, config_file=obj.get("config"))
+    checks = doctor.run_checks(settings)
+    doctor.report(settings, found, checks, typer.echo)
+    raise typer.Exit(doctor.exit_code(checks))
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Option("--path", help="Where to write.")] = Path(
         "portfolio-sync.toml"
