@@ -81,7 +81,7 @@ def test_storage_failure_writes_nothing_and_exits_nonzero(
         world.put("1/b.jpg")
         moto_server_private.stop()  # storage goes away mid-test
         proc = run("sync", "--all", env=world.env())
-        assert proc.returncode == 1 and "cannot list" in proc.stderr
+        assert proc.returncode == 1 and "cannot reach" in proc.stderr
         proc = run("sync", "1", "2", env=world.env())
         assert proc.returncode == 1
         assert world.writes() == 5
