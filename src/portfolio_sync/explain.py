@@ -30,6 +30,7 @@ def first_line(text: str) -> str:
     """The driver's own summary: no debug dump, no SQLAlchemy link, one line."""
     text = _DEBUG_DUMP.sub("", text)
     text = re.sub(r"\(Background on this error at: [^)]*\)", "", text)
+    text = re.sub(r"\[(SQL|parameters): .*?\](?=\s*(\[|$))", "", text, flags=re.DOTALL)
     text = re.sub(r"^\([\w.]+\) ", "", text.strip())  # SQLAlchemy's "(psycopg.Error) " prefix
     return " ".join(text.split())[:300]
 
@@ -115,14 +116,23 @@ def database_error(exc: BaseException, url: sa.URL, *, doing: str = "") -> Catal
         )
     if _has(
         text,
+        "terminating connection",
+        "server closed the connection",
+        "connection is closed",
+        "connection is lost",
+    ):
+        return CatalogError(
+            f"lost the connection to the database at {where} ({shown})",
+            hint="the operation is retried; if this persists, check the server and network",
+        )
+    if _has(
+        text,
         "connection refused",
         "could not translate host name",
         "failed to resolve",
         "timeout expired",
         "connection failed",
         "could not connect",
-        "server closed the connection",
-        "connection is closed",
     ):
         return CatalogError(
             f"cannot connect to the database at {where} ({shown})",
