@@ -284,7 +284,8 @@ class Reconciler:
                     "duration_ms": round(report.duration_ms, 1),
                 },
             )
-        logger.info(
+        logger.log(
+            logging.DEBUG if report.aborted else logging.INFO,  # the abort was the WARNING
             "full pass done",
             extra={
                 "action": "pass_done",
