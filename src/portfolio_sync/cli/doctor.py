@@ -52,7 +52,7 @@ def shown(name: str, value: Any) -> str:
         return "(not set)"
     if name in SECRETS:
         return "(set, hidden)"
-    if name == "database_url":
+    if name in ("database_url", "storage_database_url"):
         return sa.make_url(str(value)).render_as_string(hide_password=True)
     if name == "aws_access_key_id":
         return f"{str(value)[:4]}… (hidden)"
@@ -104,7 +104,7 @@ def run_checks(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         checks.append(Check(name="database", mark="fail", detail=exc.message, fix=exc.hint,
                             config=True))  # fmt: skip
-        return checks + _storage_checks(settings)
+        return checks + _storage_checks(settings, None)
     try:
         try:
             with engine.connect() as conn:
@@ -115,14 +115,14 @@ def run_checks(settings: Settings) -> list[Check]:
             checks.append(
                 Check(name="database", mark="fail", detail=failure.message, fix=failure.hint)
             )
-            return checks + _storage_checks(settings)
+            return checks + _storage_checks(settings, None)
         catalog = _table_checks(engine, settings, layout, checks)
         checks.append(_schema_check(engine))
         if catalog is not None:
             checks.append(_trigger_check(catalog, settings))
+        return checks + _storage_checks(settings, engine)
     finally:
         engine.dispose()
-    return checks + _storage_checks(settings)
 
 
 def _table_checks(
@@ -187,11 +187,13 @@ def _trigger_check(catalog: Catalog, settings: Settings) -> Check:
     )
 
 
-def _storage_checks(settings: Settings) -> list[Check]:
+def _storage_checks(settings: Settings, engine: sa.Engine | None) -> list[Check]:
+    """`engine`: the database's, which `supabase-db://` storage reads (None: unreachable)."""
     try:
-        storage = open_storage(settings)
-    except ConfigError as exc:
-        return [Check(name="storage", mark="fail", detail=exc.message, fix=exc.hint, config=True)]
+        storage = open_storage(settings, database=engine)
+    except PortfolioSyncError as exc:
+        config = isinstance(exc, ConfigError)
+        return [Check(name="storage", mark="fail", detail=exc.message, fix=exc.hint, config=config)]
     try:
         storage.check()
     except PortfolioSyncError as exc:
