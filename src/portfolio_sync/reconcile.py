@@ -507,6 +507,7 @@ _LOG_OF_STATUS = {
     "missing": (logging.DEBUG, "no row and no folder", "nothing_to_sync"),
     "error": (logging.WARNING, "sync failed", "sync_failed"),
     "conflict": (logging.WARNING, "row kept changing during the sync", "sync_conflict"),
+    "held": (logging.WARNING, "emptying write held for an operator", "write_held"),
 }
 
 
