@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+# `make demo PORT=8081` when 8080 is taken (PORTFOLIO_SYNC_PORT works too).
 demo: $(STAMP)
-	$(BIN)/portfolio-sync demo --dir demo --serve
+	$(BIN)/portfolio-sync demo --dir demo --serve $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -267,8 +267,11 @@ class MotoServer:
     bucket and object. The server's output goes to a temp file, quoted in startup errors.
     """
 
-    def __init__(self, *, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, *, startup_timeout: float = 20.0, env: Mapping[str, str] | None = None
+    ) -> None:
         self.startup_timeout = startup_timeout
+        self.env = dict(env or {})  # e.g. INITIAL_NO_AUTH_ACTION_COUNT=0: check credentials
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -298,7 +301,7 @@ class MotoServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_service_environ(),
+                env={**_service_environ(), **self.env},
             )
             try:
                 self._wait_until_ready(process, port, log)

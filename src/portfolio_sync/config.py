@@ -295,8 +295,39 @@ class Settings(BaseSettings):
         toml_file = _config_file_for(settings_cls)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_TomlFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, with its relative paths taken relative to the file's folder (as in
+    any config file): `-c site/portfolio-sync.toml` means the same from any directory."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        self.folder = toml_file.resolve().parent
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        url = data.get("database_url")
+        if isinstance(url, str):
+            data["database_url"] = _sqlite_relative_to(url, self.folder)
+        storage = data.get("storage_url")
+        if isinstance(storage, str) and not urlsplit(storage).scheme.strip():
+            if storage.strip() and not Path(storage).expanduser().is_absolute():
+                data["storage_url"] = str(self.folder / storage)
+        return data
+
+
+def _sqlite_relative_to(url: str, folder: Path) -> str:
+    """`sqlite:///file.db` (a relative path) as an absolute path under `folder`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.lower().startswith("sqlite") or not rest.startswith("/"):
+        return url
+    path = rest[1:]
+    if not path or path.startswith("/") or path.startswith(":memory:") or path.startswith("file:"):
+        return url
+    return f"{scheme}:///{folder / path}"
 
 
 def _config_file_for(settings_cls: type[BaseSettings]) -> Path | None:

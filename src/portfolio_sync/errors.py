@@ -22,8 +22,17 @@ from __future__ import annotations
 class PortfolioSyncError(Exception):
     """portfolio-sync failed."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
+        #: What to do about it, when we know (shown after the message, on the same line).
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class ConfigError(PortfolioSyncError):
@@ -49,6 +58,8 @@ class GuardTripped(PortfolioSyncError):
 class PayloadError(PortfolioSyncError):
     """The request payload cannot be used."""
 
-    def __init__(self, message: str | None = None, *, status: int = 422) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str | None = None, *, status: int = 422, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.status = status

@@ -6,6 +6,7 @@ to keep label cardinality fixed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -46,6 +47,16 @@ class Metrics:
         self.pass_timestamp = Gauge(
             "portfolio_sync_last_full_pass_timestamp_seconds",
             "When the last full pass finished.",
+            registry=r,
+        )
+        self.last_pass_success = Gauge(
+            "portfolio_sync_last_pass_success",
+            "1 if the last full pass completed without errors, 0 if it failed or was aborted.",
+            registry=r,
+        )
+        self.failed_passes = Gauge(
+            "portfolio_sync_consecutive_failed_passes",
+            "Full passes that failed or were aborted since the last successful one.",
             registry=r,
         )
         self.orphans = Gauge(
@@ -90,6 +101,13 @@ class Metrics:
         self.sync_seconds.observe(result.duration_ms / 1000.0)
         if result.status == "changed" and not result.dry_run:
             self.rows_written.inc()
+
+    def passes_known(self, summary: dict[str, Any]) -> None:
+        """From `schema.pass_summary`: the database's record, shared by every process."""
+        last = summary["last"]
+        if last is not None:
+            self.last_pass_success.set(1 if last["outcome"] == "ok" else 0)
+        self.failed_passes.set(summary["consecutive_failures"])
 
     def pass_done(self, report: PassReport, finished_at: float) -> None:
         self.passes.labels("aborted" if report.aborted else "ok").inc()

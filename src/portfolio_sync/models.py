@@ -39,7 +39,7 @@ class Row:
     key_value: Any
     values: tuple[list[Any] | None, ...]
     raw: tuple[Any, ...]
-    invalid: str | None = None  # why a value could not be decoded; such rows are never written
+    invalid: str | None = None  # why a value could not be decoded (replaced by the listing)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +55,7 @@ class Plan:
     fingerprint: str | None = None  # digest of the listing the plan was made from
     before: int = 0  # images the row held before (all columns)
     replaced: tuple[list[Any] | None, ...] = ()  # the decoded values it overwrites (history)
+    invalid: str | None = None  # why the old value was unreadable (history keeps it raw)
 
     @property
     def empties(self) -> bool:

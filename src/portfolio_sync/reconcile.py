@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
@@ -86,6 +87,7 @@ def plan(
         added=tuple(dict.fromkeys(v for v in new_values if v not in old_set)),
         removed=tuple(dict.fromkeys(v for v in old_values if v not in new_set)),
         before=len(old_set),
+        invalid=row.invalid,
     )
 
 
@@ -184,8 +186,6 @@ class Reconciler:
             done = functools.partial(SyncResult, key=key, dry_run=dry_run, listed=listed)
             if row is None:
                 return done(status="orphan" if objects else "missing", duration_ms=_ms(started))
-            if row.invalid:
-                return done(status="error", error=row.invalid, duration_ms=_ms(started))
             images = self.layout.select(key, objects)
             change = self.plan(row, images, dry_run=dry_run)
             if change is None:
@@ -204,6 +204,7 @@ class Reconciler:
                     admitted = True
             written = self.catalog.apply([change], trigger=trigger, durations={key: _ms(started)})
             if key in written:
+                _log_replaced(change)
                 return _changed(change, started, listed=listed)
             logger.info(
                 "row changed during sync, retrying", extra={"action": "cas_retry", "key": key}
@@ -279,6 +280,7 @@ class Reconciler:
         again one by one after the pass).
         """
         started = time.perf_counter()
+        started_at = schema.now()
         report = PassReport(dry_run=dry_run)
         held: set[str] = set()  # filled below, where a database error stops the pass
         merge = _Merge(self, report, trigger=trigger, dry_run=dry_run, progress=progress, held=held)
@@ -294,7 +296,7 @@ class Reconciler:
         except (StorageError, CatalogError) as exc:
             report.aborted = str(exc)
             report.errors.append(SyncResult(key="*", status="error", error=str(exc)))
-            logger.error("full pass stopped", extra={"action": "pass_failed", "error": str(exc)})
+            logger.warning("full pass stopped", extra={"action": "pass_aborted", "error": str(exc)})
         for key in merge.conflicts:
             report.conflicts.append(key)
             if on_conflict is not None:
@@ -303,6 +305,8 @@ class Reconciler:
                 result = self.sync_one(key, trigger)
                 (report.errors if result.status == "error" else report.changed).append(result)
         report.duration_ms = _ms(started)
+        if not dry_run:
+            self._record_pass(report, trigger, started_at)
         if not dry_run and report.aborted is None:
             self.health.remember_device(replace=force)  # --force accepts a new device
             schema.put_meta(
@@ -319,7 +323,8 @@ class Reconciler:
                     "duration_ms": round(report.duration_ms, 1),
                 },
             )
-        logger.info(
+        logger.log(
+            logging.DEBUG if report.aborted else logging.INFO,  # the abort was the WARNING
             "full pass done",
             extra={
                 "action": "pass_done",
@@ -334,6 +339,40 @@ class Reconciler:
             },
         )
         return report
+
+    def _record_pass(self, report: PassReport, trigger: str, started_at: datetime) -> None:
+        try:
+            schema.record_pass(
+                self.catalog.engine,
+                started_at=started_at,
+                trigger=trigger,
+                outcome=pass_outcome(report),
+                reason=report.aborted,
+                rows=report.rows,
+                changed=len(report.changed),
+                errors=len([r for r in report.errors if r.key != "*"]),
+                orphans=len(report.orphans),
+                duration_ms=report.duration_ms,
+            )
+        except Exception as exc:  # the database may be what stopped the pass
+            logger.warning(
+                "could not record the full pass",
+                extra={"action": "pass_not_recorded", "error": str(exc)},
+            )
+
+
+def pass_outcome(report: PassReport) -> schema.PassOutcome:
+    if report.aborted is not None:
+        return "aborted"
+    return "errors" if report.errors else "ok"
+
+
+def _log_replaced(change: Plan) -> None:
+    if change.invalid is not None:
+        logger.warning(
+            "unreadable images value replaced by the listing (old value kept in history)",
+            extra={"action": "invalid_value_replaced", "key": change.key, "error": change.invalid},
+        )
 
 
 class _Merge:
@@ -403,9 +442,6 @@ class _Merge:
         report.rows += 1
         if self.progress is not None and report.rows % 500 == 0:
             self.progress(report.rows)
-        if row.invalid:
-            report.errors.append(SyncResult(key=row.key, status="error", error=row.invalid))
-            return
         if any(row.values):
             self.nonempty_before += 1
         if isinstance(objects, FolderFault):  # that portfolio's error, not the pass's
@@ -463,6 +499,8 @@ class _Merge:
             written = self.rec.catalog.apply(plans, trigger=self.trigger)
         for change in plans:
             if change.key in written:
+                if not self.dry_run:
+                    _log_replaced(change)
                 self.report.changed.append(_changed(change, 0.0, dry_run=self.dry_run))
             else:
                 self.conflicts.append(change.key)
@@ -478,7 +516,7 @@ class _Merge:
                 f"(limit: {self.rec.guard.max_share:.0%} and at least {self.rec.guard.min_rows} "
                 "rows); check the storage URL and folder template, or use --force"
             )
-            logger.error(
+            logger.warning(
                 "mass-deletion guard tripped",
                 extra={
                     "action": "guard_tripped",
@@ -523,19 +561,31 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+_LOG_OF_STATUS = {
+    # status: (level, message, action)
+    "changed": (logging.INFO, "portfolio updated", "row_updated"),
+    "unchanged": (logging.DEBUG, "portfolio already in sync", "row_in_sync"),
+    "orphan": (logging.DEBUG, "folder has no row", "orphan_folder_seen"),
+    "missing": (logging.DEBUG, "no row and no folder", "nothing_to_sync"),
+    "error": (logging.WARNING, "sync failed", "sync_failed"),
+    "conflict": (logging.WARNING, "row kept changing during the sync", "sync_conflict"),
+    "held": (logging.WARNING, "emptying write held for an operator", "write_held"),
+}
+
+
 def log_result(result: SyncResult, trigger: str) -> None:
-    level = logging.WARNING if result.status in ("error", "conflict") else logging.INFO
-    logger.log(
-        level,
-        "portfolio synced",
-        extra={
-            "action": "sync_" + result.status,
-            "key": result.key,
-            "trigger": trigger,
-            "added": len(result.added),
-            "removed": len(result.removed),
-            "duration_ms": round(result.duration_ms, 2),
-            "error": result.error,
-            "dry_run": result.dry_run,
-        },
-    )
+    """One line per sync: INFO when a row was written, WARNING when it failed, else DEBUG."""
+    level, message, action = _LOG_OF_STATUS[result.status]
+    if result.dry_run:
+        level, action = logging.DEBUG, action + "_dry_run"
+    extra: dict[str, object] = {
+        "action": action,
+        "key": result.key,
+        "trigger": trigger,
+        "duration_ms": round(result.duration_ms, 1),
+    }
+    if result.status == "changed":
+        extra["added"], extra["removed"] = len(result.added), len(result.removed)
+    if result.error:
+        extra["error"] = result.error
+    logger.log(level, message, extra=extra)

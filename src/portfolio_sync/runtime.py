@@ -25,12 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+import sqlalchemy as sa
 from cronsim import CronSim
 
 from portfolio_sync import paging
 from portfolio_sync.backends import outbox, schema
 from portfolio_sync.backends.storage import LocalStorage, SnapshotListing
 from portfolio_sync.errors import PortfolioSyncError, StorageError
+from portfolio_sync.explain import database_error
 from portfolio_sync.feed import SyncFeed
 from portfolio_sync.layout import natural_key
 from portfolio_sync.metrics import Metrics
@@ -168,6 +170,7 @@ class Runtime:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.queue.start()
+        await self._refresh_pass_metrics()
         if self.catch_up:
             await self.queue.request_all("startup")
         self._spawn(self._schedule_loop, "scheduler")
@@ -343,6 +346,7 @@ class Runtime:
                 rec.sync_all, trigger, on_conflict=self._requeue_from_thread
             )
             self.metrics.pass_done(report, time.time())
+            await self._refresh_pass_metrics()
             if report.aborted and report.errors:
                 raise SyncFailed(report.aborted)
             for faulted in report.faulted:  # their own retries, with backoff
@@ -360,6 +364,25 @@ class Runtime:
 
     async def _catch_up_after_restart(self) -> None:
         await self.queue.request_all("restart")
+
+    async def _refresh_pass_metrics(self) -> None:
+        try:
+            summary = await asyncio.to_thread(self.pass_summary)
+        except PortfolioSyncError as exc:  # the database may be why the pass failed
+            logger.warning(
+                "cannot read the recorded passes",
+                extra={"action": "pass_summary_failed", "error": str(exc)},
+            )
+            return
+        self.metrics.passes_known(summary)
+
+    def pass_summary(self) -> dict[str, Any]:
+        """The last full pass (ok or not), the last good one and the failures since."""
+        engine = self.service.catalog.engine
+        try:
+            return schema.pass_summary(engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise database_error(exc, engine.url, doing="reading the recorded passes") from exc
 
     def _requeue_from_thread(self, key: str) -> None:
         assert self._loop is not None

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from portfolio_sync.backends import schema
 from portfolio_sync.backends.catalog import Catalog
 from portfolio_sync.backends.image_cache import ImageCache
 from portfolio_sync.backends.storage import Storage, open_storage
 from portfolio_sync.config import Settings
+from portfolio_sync.explain import database_error
 from portfolio_sync.layout import Layout
 from portfolio_sync.reconcile import Guard, Reconciler
 
@@ -35,10 +38,10 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
     layout = Layout.from_settings(settings)
     catalog = Catalog.open(settings, layout.columns)
     try:
-        if migrate:
-            schema.migrate(catalog.engine)
         storage = open_storage(settings, database=catalog.engine)
         try:
+            if migrate:
+                schema.migrate(catalog.engine)
             images = None
             if settings.image_fields:
                 images = ImageCache(catalog.engine, storage, settings.image_fields)
@@ -58,6 +61,8 @@ def open_service(settings: Settings, *, migrate: bool = True) -> Iterator[Servic
                 storage=storage,
                 reconciler=reconciler,
             )
+        except sa.exc.SQLAlchemyError as exc:  # our own tables, read or written directly
+            raise database_error(exc, catalog.engine.url) from exc
         finally:
             storage.close()
     finally:

@@ -154,7 +154,7 @@ def serve_process(
             break
         except AssertionError:
             server.kill()
-            if attempt == 2 or "address already in use" not in server.log().lower():
+            if attempt == 2 or "already in use" not in server.log().lower():
                 raise
     try:
         yield server

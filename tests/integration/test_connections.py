@@ -61,7 +61,7 @@ def test_a_fresh_connection_closed_by_the_server_fails_one_operation(
         cat = svc.catalog
         monkeypatch.setattr(catalog_module, "_FRESH_SECONDS", 3600.0)
         _kill(postgres_server_url, _pooled_pid(cat))
-        with pytest.raises(CatalogError, match="database error"):
+        with pytest.raises(CatalogError, match="lost the connection to the database"):
             cat.read_row("1")
         row = cat.read_row("1")
         assert row is not None and row.values == (["1/a.jpg"],)

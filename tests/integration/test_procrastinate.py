@@ -150,7 +150,9 @@ def test_setup_installs_in_the_test_schema_is_idempotent_and_uninstalls(
         install(pgw)
         assert not pg_setup.outdated(svc.catalog)
         printed = pg_setup.print_sql(svc.catalog, svc.settings, bucket=None)
-        assert "CREATE TRIGGER portfolio_sync_update AFTER UPDATE ON portfolios" in printed
+        assert (
+            "CREATE OR REPLACE TRIGGER portfolio_sync_update AFTER UPDATE ON portfolios" in printed
+        )
         assert "ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING" in printed
         removing = pg_setup.print_sql(svc.catalog, svc.settings, bucket=None, remove=True)
         assert removing.count("DROP ") == 3

@@ -229,22 +229,6 @@ def test_guard_allows_small_deletions(world: World) -> None:
     assert report.ok and len(report.changed) == 5
 
 
-def test_invalid_value_is_reported_and_left_alone(world: World) -> None:
-    world.create_table(columns={"images": "jsonb" if world.postgres else "text"})
-    world.insert(1, None)
-    bad = '\'{"not": "a list"}\'' if world.postgres else "'not json'"
-    world.execute(f"UPDATE portfolios SET images = {bad} WHERE id = 1")
-    world.execute("DELETE FROM write_log")
-    world.put("1/a.jpg")
-    with world.service() as svc:
-        report = svc.reconciler.sync_all("test")
-        one = svc.reconciler.sync_one("1", "test")
-    assert not report.ok and report.errors[0].key == "1"
-    assert one.status == "error"
-    assert ("not a list" if world.postgres else "not valid JSON") in (one.error or "")
-    assert world.writes() == 0
-
-
 def test_out_of_range_integer_key_is_simply_not_a_row(world: World) -> None:
     world.create_table()
     world.put("9223372036854775808/a.jpg")

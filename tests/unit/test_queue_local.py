@@ -349,7 +349,7 @@ async def test_gives_up_after_max_attempts_and_logs_an_error(
     assert record.levelno == logging.ERROR
     assert (record.key, record.trigger, record.attempt) == ("a", "webhook", 3)
     assert "storage down" in record.error
-    retried = [r for r in caplog.records if getattr(r, "action", None) == "sync_failed"]
+    retried = [r for r in caplog.records if getattr(r, "action", None) == "sync_retry_scheduled"]
     assert [getattr(r, "attempt", None) for r in retried] == [1, 2]
 
     # Given up means idle: the next request starts a fresh series.

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from sqlalchemy.dialects import postgresql
 
 from portfolio_sync.backends import db_errors, schema
 from portfolio_sync.errors import CatalogError, ConfigError
+from portfolio_sync.explain import database_error, missing_table
 from portfolio_sync.models import Plan, Row
 from portfolio_sync.sources import triggers
 
@@ -38,6 +40,10 @@ ColumnKind = Literal["array", "jsonb", "json", "jsontext"]
 KeyKind = Literal["int", "uuid", "text"]
 _INT = re.compile(r"^-?[0-9]+$")
 _FETCH_ROWS = 2000  # rows per fetch of the bulk read
+_TYPE_HINT = (
+    "an images column must be text[], jsonb or json (PostgreSQL) or JSON text; "
+    "alter it or name another with --images-column"
+)
 
 Browse = Literal["error", "never", "held"]
 #: Conditions of :meth:`Catalog.browse`'s `only`, on our state table `s` beside row `t`
@@ -54,6 +60,23 @@ class ImagesColumn:
     name: str
     kind: ColumnKind
     sql_type: str  # as the dialect spells it, for casts
+
+
+def check_sqlite_file(url: str) -> None:
+    """ConfigError unless a SQLite URL names a file that exists (or is in memory)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if parsed.database.startswith("file:"):  # a URI: the driver's own rules apply
+        return
+    path = Path(parsed.database).resolve()
+    if not path.exists():
+        raise ConfigError(
+            f"SQLite database {path} does not exist",
+            hint="fix PORTFOLIO_SYNC_DATABASE_URL (relative paths in a config file are "
+            "relative to its folder), or create it with your app (`portfolio-sync demo` "
+            "makes a sample one)",
+        )
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -143,19 +166,24 @@ class Catalog:
                 table_name, sa.MetaData(), autoload_with=engine, schema=schema_name or None
             )
         except sa.exc.NoSuchTableError:
-            raise CatalogError(f"table {table!r} does not exist in {self.describe()}") from None
+            raise missing_table(table, engine.url) from None
         except sa.exc.SQLAlchemyError as exc:
-            raise db_errors.explain(
-                exc, doing=f"cannot read table {table!r}", engine=engine
-            ) from None
+            raise database_error(exc, engine.url, doing=f"reading table {table}") from exc
         if key_column not in reflected.c:
-            raise ConfigError(f"table {table!r} has no key column {key_column!r}")
+            raise ConfigError(
+                f"table {table!r} has no key column {key_column!r}",
+                hint=f"name it with --key-column (columns: {', '.join(reflected.c.keys())})",
+            )
         self.key_kind = _key_kind(reflected.c[key_column].type)
         self._key_sql = quote(key_column)
         self._key_type = reflected.c[key_column].type.compile(dialect=engine.dialect)
         missing = [c for c in columns if c not in reflected.c]
         if missing:
-            raise ConfigError(f"table {table!r} has no images column(s) {', '.join(missing)}")
+            raise ConfigError(
+                f"table {table!r} has no images column(s) {', '.join(missing)}",
+                hint="name yours with --images-column or --collections, or add it "
+                f"(columns: {', '.join(reflected.c.keys())})",
+            )
         self.columns = tuple(self._images_column(name, reflected.c[name].type) for name in columns)
         #: Elements are objects (`image_fields`), which a text[] column cannot hold.
         self.objects = objects
@@ -173,6 +201,9 @@ class Catalog:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def open(cls, settings: Settings, columns: Sequence[str]) -> Catalog:
+        """Open the existing table; a SQLite file that does not exist is an error (creating
+        an empty one would only move the failure to "no such table", in a new file)."""
+        check_sqlite_file(settings.database_url)
         engine = create_engine(settings.database_url)
         try:
             return cls(
@@ -197,7 +228,7 @@ class Catalog:
         kind: ColumnKind
         if self.dialect == "postgresql" and isinstance(col_type, sa.ARRAY):
             if not isinstance(col_type.item_type, sa.String):
-                raise ConfigError(f"column {name!r} is {sql_type}; expected text[]")
+                raise ConfigError(f"column {name!r} is {sql_type}", hint=_TYPE_HINT)
             kind = "array"
         elif self.dialect == "postgresql" and isinstance(col_type, postgresql.JSONB):
             kind = "jsonb"
@@ -206,9 +237,7 @@ class Catalog:
         elif isinstance(col_type, sa.String | sa.JSON) or self.dialect == "sqlite":
             kind = "jsontext"
         else:
-            raise ConfigError(
-                f"column {name!r} is {sql_type}; expected text[], jsonb, json or JSON text"
-            )
+            raise ConfigError(f"column {name!r} is {sql_type}", hint=_TYPE_HINT)
         return ImagesColumn(name=name, kind=kind, sql_type=sql_type)
 
     # ---- keys and values ------------------------------------------------------------------
@@ -314,13 +343,13 @@ class Catalog:
                 else:
                     cursor = dbapi_conn.cursor()
             except error as exc:
-                raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+                raise self._explained(exc, "reading") from exc
             try:
                 try:
                     cursor.execute(sql)
                     first = cursor.fetchmany(_FETCH_ROWS)  # forces the snapshot now
                 except error as exc:
-                    raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+                    raise self._explained(exc, "reading") from exc
                 yield self._iter_rows(first, cursor, error)
             finally:
                 try:
@@ -336,7 +365,7 @@ class Catalog:
                     yield make(record)
                 batch = cursor.fetchmany(_FETCH_ROWS)
         except error as exc:
-            raise CatalogError(f"reading {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "reading") from exc
 
     def _folder_order(self) -> str:
         """`storage.folder_order` of the key in SQL: the UTF-8 bytes of `key/` (SQLite's
@@ -434,7 +463,7 @@ class Catalog:
                     columns=[c.name for c in self.columns],
                 )
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         return written
 
     def _encode(self, col: ImagesColumn, value: list[Any] | None) -> Any:
@@ -468,7 +497,7 @@ class Catalog:
                     written.add(plan.key)
             cursor.execute(f"DELETE FROM {meta} WHERE name = ?", (triggers.OWN_WRITE_MARKER,))
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         finally:
             cursor.close()
         return written
@@ -517,7 +546,7 @@ class Catalog:
             cursor.execute(sql, params)
             return {str(k) for (k,) in cursor.fetchall()}
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            raise CatalogError(f"writing {self.table_name} failed: {exc}") from exc
+            raise self._explained(exc, "writing") from exc
         finally:
             cursor.close()
 
@@ -529,7 +558,10 @@ class Catalog:
             with (self.autocommit_engine if autocommit else self.engine).connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise CatalogError(f"database error on {self.table_name}: {exc}") from exc
+            raise self._explained(exc, "using") from exc
+
+    def _explained(self, exc: BaseException, doing: str) -> CatalogError:
+        return database_error(exc, self.engine.url, doing=f"{doing} {self.table_name}")
 
 
 def identifier_quoter(dialect: sa.Dialect) -> Callable[[str], str]:

@@ -19,6 +19,7 @@ production, the test's own schema under a test ``search_path``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -164,8 +165,8 @@ def install(catalog: Catalog, settings: Settings, *, bucket: str | None = None) 
                     "(it exists on Supabase databases)"
                 )
             todo = plan(catalog, settings, install_schema=where, bucket=bucket)
-            _run(driver, todo.statements)
-            _remember(conn, todo.installed)
+            _run(driver, _changed_only(conn, todo.statements))
+            _remember(conn, todo.installed, _digests(todo.statements))
     except (sa.exc.SQLAlchemyError, psycopg.Error) as exc:
         raise CatalogError(f"installing the job triggers failed: {exc}") from exc
     messages += [f"installed job triggers on {item.what}" for item in todo.installed]
@@ -186,7 +187,10 @@ def uninstall_plan(catalog: Catalog, settings: Settings, *, bucket: str | None) 
         stmt
         for item in recorded
         for stmt in triggers.postgres_uninstall(
-            function=item["function"], triggers=item["triggers"], table_sql=item["table"]
+            function=item["function"],
+            triggers=item["triggers"],
+            table_sql=item["table"],
+            owned=item["table"] != OBJECTS_TABLE,
         )
     ]
 
@@ -205,8 +209,34 @@ def uninstall(catalog: Catalog, settings: Settings, *, bucket: str | None = None
     except (sa.exc.SQLAlchemyError, psycopg.Error) as exc:
         raise CatalogError(f"removing the job triggers failed: {exc}") from exc
     functions = sum(1 for s in statements if s.startswith("DROP FUNCTION"))
-    triggers_ = len(statements) - functions
+    # each function has two triggers; CASCADE drops them with it (see postgres_uninstall)
+    triggers_ = sum(1 for s in statements if s.startswith("DROP TRIGGER")) + 2 * sum(
+        1 for s in statements if s.endswith(" CASCADE")
+    )
     return [f"removed {triggers_} trigger(s) and {functions} function(s)"]
+
+
+def installed_triggers(catalog: Catalog) -> list[str]:
+    """What `setup` recorded and is still in place (for `check`)."""
+    with catalog.engine.connect() as conn:
+        return [
+            item["what"]
+            for item in _recorded(conn)
+            if _exists(conn, item["table"])
+            and all(_trigger_exists(conn, item["table"], name) for name in item["triggers"])
+        ]
+
+
+def _trigger_exists(conn: sa.Connection, table: str, name: str) -> bool:
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger "
+                "WHERE tgrelid = to_regclass(:t) AND tgname = :n)"
+            ),
+            {"t": table, "n": name},
+        ).scalar()
+    )
 
 
 def print_sql(
@@ -294,11 +324,45 @@ def _recorded(conn: sa.Connection) -> list[dict[str, Any]]:
     return items
 
 
-def _remember(conn: sa.Connection, installed: list[Installed]) -> None:
+_TRIGGER = "CREATE OR REPLACE TRIGGER "
+
+
+def _digests(statements: list[str]) -> dict[str, str]:
+    """Trigger name → digest of the statement that creates it."""
+    return {
+        s.removeprefix(_TRIGGER).split()[0]: hashlib.sha256(s.encode()).hexdigest()[:32]
+        for s in statements
+        if s.startswith(_TRIGGER)
+    }
+
+
+def _changed_only(conn: sa.Connection, statements: list[str]) -> list[str]:
+    """`statements` less the triggers already installed from the same statement: an
+    unchanged trigger is left alone (not even locked: storage.objects is busy)."""
+    recorded: dict[str, str] = {}
+    for item in _recorded(conn):
+        recorded.update(item.get("digests", {}))
+    kept = []
+    for statement in statements:
+        if statement.startswith(_TRIGGER):
+            ((name, digest),) = _digests([statement]).items()
+            table = statement.partition(" ON ")[2].split()[0]
+            if recorded.get(name) == digest and _trigger_exists(conn, table, name):
+                continue
+        kept.append(statement)
+    return kept
+
+
+def _remember(
+    conn: sa.Connection, installed: list[Installed], digests: dict[str, str] | None = None
+) -> None:
     """Merge into the record: functions installed earlier (another bucket) stay listed."""
     merged = {item["function"]: item for item in _recorded(conn)}
     for item in installed:
-        merged[item.function] = item.as_json()
+        merged[item.function] = {
+            **item.as_json(),
+            "digests": {name: (digests or {}).get(name, "") for name in item.triggers},
+        }
     value = json.dumps({"version": VERSION, "installed": list(merged.values())})
     conn.execute(sa.delete(schema.meta).where(schema.meta.c.name == META_KEY))
     conn.execute(sa.insert(schema.meta).values(name=META_KEY, value=value))

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -67,7 +67,8 @@ history = sa.Table(
     sa.Column("removed", sa.JSON, nullable=False),
     sa.Column("duration_ms", sa.Float, nullable=False),
     # the row's previous value per column ({"images": [...]}), so a reverted edit can be
-    # read back (and redone by hand); NULL for entries that are not row writes
+    # read back (and redone by hand); an unreadable value is kept raw. NULL for entries
+    # that are not row writes
     sa.Column("replaced", sa.JSON),
     sa.Index("portfolio_sync_history_key_at", "key", "at"),
 )
@@ -126,6 +127,23 @@ webhook_ids = sa.Table(
 WEBHOOK_ID_TTL = timedelta(hours=26)
 
 
+passes = sa.Table(
+    "portfolio_sync_passes",
+    metadata,
+    _id_column(),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("trigger", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # ok | errors | aborted
+    sa.Column("reason", sa.Text),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("changed", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("orphans", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+)
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (state, history):
         table.create(conn, checkfirst=True)
@@ -155,12 +173,17 @@ def _v5(conn: sa.Connection) -> None:
     # _v1 creates the table from today's definition, which already has the column
     names = {c["name"] for c in sa.inspect(conn).get_columns(history.name)}
     if "replaced" not in names:
+        quote = conn.dialect.identifier_preparer.quote
         kind = history.c.replaced.type.compile(dialect=conn.dialect)
-        conn.execute(sa.text(f"ALTER TABLE {history.name} ADD COLUMN replaced {kind}"))
+        conn.execute(sa.text(f"ALTER TABLE {quote(history.name)} ADD COLUMN replaced {kind}"))
 
 
 def _v6(conn: sa.Connection) -> None:
     images.create(conn, checkfirst=True)
+
+
+def _v7(conn: sa.Connection) -> None:
+    passes.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
@@ -170,6 +193,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (4, "webhook ids seen (dedup shared by all instances)", _v4),
     (5, "history keeps the value each write replaced", _v5),
     (6, "image metadata cache", _v6),
+    (7, "full passes with their outcome", _v7),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -353,7 +377,7 @@ def record_writes(
             list(p.added),
             list(p.removed),
             round(durations.get(p.key, 0.0), 3),
-            dict(zip(columns, p.replaced, strict=True)) if p.replaced else None,
+            _replaced(p, columns),
         )
         for p in plans
     ]
@@ -361,6 +385,88 @@ def record_writes(
     # one state row per key (an upsert cannot touch a row twice in one statement)
     state_rows = _state_rows(list({p.key: p.fingerprint for p in plans}.items()), at)
     _insert_many(conn, state, ("key", *_STATE_FIELDS), state_rows, upsert=True)
+
+
+def _replaced(plan: Plan, columns: Sequence[str]) -> dict[str, Any] | None:
+    """What a write overwrote, per column: the decoded values, or for an unreadable row its
+    raw values (so nothing is lost by the write)."""
+    if plan.invalid is not None:
+        return dict(zip(columns, map(_raw_json, plan.expected), strict=True))
+    return dict(zip(columns, plan.replaced, strict=True)) if plan.replaced else None
+
+
+def _raw_json(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+PassOutcome = Literal["ok", "errors", "aborted"]
+
+
+def record_pass(
+    engine: sa.Engine,
+    *,
+    started_at: datetime,
+    trigger: str,
+    outcome: PassOutcome,
+    reason: str | None,
+    rows: int,
+    changed: int,
+    errors: int,
+    orphans: int,
+    duration_ms: float,
+) -> None:
+    """Keep every full pass, completed or not, so a failing one cannot look like the last
+    good one (`status`, the dashboard, /metrics and /readyz read it back)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(passes).values(
+                started_at=started_at,
+                finished_at=now(),
+                trigger=trigger[:200],
+                outcome=outcome,
+                reason=reason[:2000] if reason else None,
+                rows=rows,
+                changed=changed,
+                errors=errors,
+                orphans=orphans,
+                duration_ms=round(duration_ms, 1),
+            )
+        )
+
+
+def recent_passes(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The last full passes, newest first, with outcome and reason."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(passes.name):
+            return []
+        rows = conn.execute(sa.select(passes).order_by(passes.c.id.desc()).limit(limit))
+        return [_utc(dict(r)) for r in rows.mappings()]
+
+
+def pass_summary(engine: sa.Engine) -> dict[str, Any]:
+    """The last pass, the last successful one, and how many failed in a row since."""
+    recent = recent_passes(engine, 100)
+    failures = 0
+    for entry in recent:
+        if entry["outcome"] == "ok":
+            break
+        failures += 1
+    last_ok = next((p for p in recent if p["outcome"] == "ok"), None)
+    return {
+        "last": recent[0] if recent else None,
+        "last_ok": last_ok,
+        "consecutive_failures": failures,
+    }
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite hands back naive datetimes; every one we store is UTC."""
+    return {
+        k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+        for k, v in row.items()
+    }
 
 
 def record_event(

@@ -32,6 +32,7 @@ from portfolio_sync.backends.folder_walker import WalkError, folder_names, list_
 from portfolio_sync.backends.folder_walker import folder_order as folder_order  # re-exported
 from portfolio_sync.config import SUPABASE_DB_SCHEME
 from portfolio_sync.errors import ConfigError, StorageError
+from portfolio_sync.explain import storage_error
 from portfolio_sync.models import ObjectInfo, RootProbe
 
 try:
@@ -442,6 +443,8 @@ class S3Storage:
         client_options = {"allow_http": True} if endpoint and endpoint.startswith("http:") else {}
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.endpoint = endpoint
+        self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/") + (
             f" at {endpoint}" if endpoint else ""
         )
@@ -477,7 +480,12 @@ class S3Storage:
         except StorageError:
             raise
         except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
-            raise StorageError(f"cannot list {self.description} ({prefix or '/'}): {exc}") from exc
+            raise self._explained(exc) from exc
+
+    def _explained(self, exc: BaseException) -> StorageError:
+        """One line naming the bucket and endpoint; the same for every key, so repeats of
+        one outage are recognisably the same error (and rate-limited in the log)."""
+        return storage_error(exc, where=self.location, endpoint=self.endpoint)
 
     def _all_pages(self, prefix: str) -> Iterator[list[ObjectInfo]]:
         """Every page of ``prefix``: in sequence for a short listing; past ``split_after``
@@ -512,7 +520,7 @@ class S3Storage:
         try:
             obstore.list_with_delimiter(self._store, prefix=None)
         except Exception as exc:
-            raise StorageError(f"cannot reach {self.description}: {exc}") from exc
+            raise self._explained(exc) from exc
 
     def probe(self, prefix: str) -> RootProbe:
         """One listing request: the first page of the prefix (its first object is enough)."""
@@ -563,7 +571,7 @@ class S3Storage:
         except (NotFoundError, FileNotFoundError) as exc:
             raise ObjectNotFound(f"no object {path} in {self.description}") from exc
         except Exception as exc:  # obstore raises its own tree plus OSError/ValueError
-            raise StorageError(f"cannot read {path} from {self.description}: {exc}") from exc
+            raise self._explained(exc) from exc
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
         import obstore

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from portfolio_sync.backends.storage import Group, ObjectNotFound, make_objects
 from portfolio_sync.errors import StorageError
+from portfolio_sync.explain import database_error
 from portfolio_sync.models import ObjectInfo, RootProbe
 
 TABLE = "storage.objects"
@@ -151,7 +152,7 @@ class SupabaseDbStorage:
         try:
             conn = self.engine.connect()
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot reach {self.description}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         with conn:
             dbapi: Any = conn.connection.dbapi_connection
             cursor = dbapi.cursor(name="portfolio_sync_objects")
@@ -233,11 +234,16 @@ class SupabaseDbStorage:
         try:
             conn = self._autocommit.connect()
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot reach {self.description}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         with conn:
             dbapi: Any = conn.connection.dbapi_connection
             with dbapi.cursor() as cursor:
                 yield cursor
+
+    def _unreachable(self, exc: sa.exc.SQLAlchemyError) -> StorageError:
+        """The database's own wording (explain.py): one line, password hidden, a hint."""
+        failure = database_error(exc, self.engine.url)
+        return StorageError(f"{self.description}: {failure.message}", hint=failure.hint)
 
     def _error(self, doing: str, exc: psycopg.Error, prefix: str | None = None) -> StorageError:
         where = f" ({self.root}{prefix or ''})" if prefix is not None else ""

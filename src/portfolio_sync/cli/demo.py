@@ -7,8 +7,10 @@ so the first sync has something to show.
 from __future__ import annotations
 
 import colorsys
+import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -16,6 +18,8 @@ from PIL import Image, ImageDraw
 from portfolio_sync.backends import outbox
 from portfolio_sync.cli import console
 from portfolio_sync.config import load_settings
+from portfolio_sync.errors import ConfigError
+from portfolio_sync.logs import enter_service_mode
 from portfolio_sync.wiring import open_service
 
 MARKER = ".portfolio-sync-demo"
@@ -61,8 +65,9 @@ def create_demo(directory: Path, *, portfolios: int = 20) -> Path:
     """Create (or recreate) the demo folder; returns the config file written in it."""
     if directory.exists():
         if not (directory / MARKER).exists():
-            raise SystemExit(
-                f"{directory} exists and is not a portfolio-sync demo; pick another --dir"
+            raise ConfigError(
+                f"{directory.resolve()} exists and is not a portfolio-sync demo",
+                hint="pick another --dir (the demo replaces only a folder it created)",
             )
         shutil.rmtree(directory)
     storage = directory / "storage"
@@ -114,6 +119,21 @@ def _json(values: list[str]) -> str:
     return json.dumps(values)
 
 
+def command_from(directory: Path) -> str:
+    """How to run this command again from inside `directory`: `portfolio-sync` when that
+    is what PATH finds, else the path it was started by (`make demo` runs
+    `.venv/bin/portfolio-sync`, which is not on PATH)."""
+    started = Path(sys.argv[0]).resolve()
+    found = shutil.which("portfolio-sync")
+    if found is not None and Path(found).resolve() == started:
+        return "portfolio-sync"
+    if not started.name.startswith("portfolio-sync"):  # e.g. python -m, or embedded
+        return "portfolio-sync"
+    if Path(sys.argv[0]).is_absolute():
+        return str(started)
+    return os.path.relpath(started, directory.resolve())
+
+
 def run_demo(
     directory: Path, *, portfolios: int = 20, serve: bool = False, port: int = 8080
 ) -> None:
@@ -132,10 +152,11 @@ def run_demo(
         console.print_report(report, as_json=False)
         outbox.run(svc.catalog, outbox.install_sql(svc.catalog))
     if not serve:
+        command = command_from(directory)
         print(
-            f"\nNext: cd {directory} && portfolio-sync status   (config: {config.name})\n"
-            "      drop a .jpg into storage/3/ and run: portfolio-sync sync 3\n"
-            "      portfolio-sync serve   keeps every row in sync as files and rows change"
+            f"\nNext: cd {directory} && {command} status   (config: {config.name})\n"
+            f"      drop a .jpg into storage/3/ and run: {command} sync 3\n"
+            f"      {command} serve   keeps every row in sync as files and rows change"
         )
         return
     url = f"http://127.0.0.1:{port}"
@@ -149,4 +170,5 @@ def run_demo(
     )
     from portfolio_sync.web.serve import run_server
 
+    enter_service_mode()
     run_server(settings, host="127.0.0.1", port=port)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 
 _ENV = "PORTFOLIO_SYNC_"
+_verbosity = 0  # -v count of this run; -vv shows tracebacks of reported errors
 
 
 def _opt(name: str, help: str, default: str | None = None, **kwargs: Any) -> Any:
@@ -110,7 +112,9 @@ def _main(
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     fmt: LogFormat = "json" if log_format == "json" else "text"
-    configure_logging(fmt, verbose)
+    global _verbosity
+    _verbosity = verbose
+    configure_logging(fmt, verbose, service=ctx.invoked_subcommand in ("serve", "worker"))
     ctx.obj = {
         "config": config,
         "overrides": {
@@ -156,7 +160,10 @@ def sync(
         if keys:
             results = [svc.reconciler.sync_one(k, "manual", dry_run=dry_run) for k in keys]
             console.print_results(results, as_json=as_json)
-            failed = any(r.status in ("error", "conflict", "held") for r in results)
+            # A key without a row was probably mistyped: nothing could be synced for it.
+            failed = any(
+                r.status in ("error", "conflict", "held", "missing", "orphan") for r in results
+            )
         else:
             report = console.run_pass(
                 svc, trigger="manual", dry_run=dry_run, force=force, quiet=as_json
@@ -357,6 +364,34 @@ def worker(
 
 
 @app.command()
+def check(ctx: typer.Context) -> None:
+    """Show the effective settings and where each came from, then check the database, the
+    table and its columns, our tables, triggers and storage: one line each, with the fix.
+
+    Exit 0 when everything needed works, 1 when a backend cannot be used, 2 when the
+    configuration is wrong.
+    """
+    from portfolio_sync.cli import doctor
+
+    root = ctx.find_root()
+    obj = root.obj or {}
+    try:
+        settings = settings_of(ctx)
+    except ConfigError as exc:
+        typer.echo(f"✗ configuration: {exc}")
+        raise typer.Exit(2) from None
+    flags = {
+        name
+        for name in obj.get("overrides", {})
+        if getattr(root.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    }
+    found = doctor.origins(settings, flags=flags, config_file=obj.get("config"))
+    checks = doctor.run_checks(settings)
+    doctor.report(settings, found, checks, typer.echo)
+    raise typer.Exit(doctor.exit_code(checks))
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Option("--path", help="Where to write.")] = Path(
         "portfolio-sync.toml"
@@ -381,7 +416,10 @@ def demo(
     ),
     portfolios: Annotated[int, typer.Option("--portfolios", help="How many.")] = 20,
     serve: Annotated[bool, typer.Option("--serve", help="Then run the service on it.")] = False,
-    port: Annotated[int, typer.Option("--port", help="Port for --serve.")] = 8080,
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar=_ENV + "PORT", show_envvar=True, help="Port for --serve."),
+    ] = 8080,
 ) -> None:
     """Create a demo (SQLite table + folder of generated images) and sync it."""
     from portfolio_sync.cli.demo import run_demo
@@ -390,10 +428,11 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry: PortfolioSyncError becomes a message and an exit code.
+    """Console-script entry: PortfolioSyncError becomes one line and an exit code.
 
     Click handles usage errors and exit codes itself (standalone mode); our own errors
-    propagate out of it and are printed here without a traceback.
+    propagate out of it and are printed here as `error: <what>; <what to do>`, once: the
+    driver's text is already summarised in it (explain.py). `-vv` adds the traceback.
     """
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -416,10 +455,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> None:
-    message = f"error: {exc}"
-    cause = exc.__cause__
-    while cause is not None:
-        message += f"\n  caused by: {type(cause).__name__}: {cause}"
-        cause = cause.__cause__
-    print(message, file=sys.stderr)
+    if _verbosity >= 2:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {exc}", file=sys.stderr)
     sys.exit(code)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
+from portfolio_sync.errors import PortfolioSyncError
 from portfolio_sync.queue import ALL, QueueClosed
 
 __all__ = ["FailureHook", "LocalQueue", "Runner", "SuccessHook", "backoff_delay", "settle_time"]
@@ -292,9 +293,15 @@ class LocalQueue:
                 self._settle(key, entry, retry_in=None)
 
     def _failed(self, key: str, entry: _Entry, exc: Exception, attempt: int) -> None:
-        extra = {"key": key, "trigger": entry.trigger, "attempt": attempt, "error": repr(exc)}
+        extra = {"key": key, "trigger": entry.trigger, "attempt": attempt, "error": _describe(exc)}
         if attempt >= self._max_attempts:
-            logger.error("Sync gave up", exc_info=exc, extra={"action": "sync_gave_up", **extra})
+            expected = isinstance(exc, PortfolioSyncError)
+            logger.log(
+                logging.WARNING if expected else logging.ERROR,
+                "sync gave up after retries",
+                exc_info=None if expected else exc,
+                extra={"action": "sync_gave_up", **extra},
+            )
             entry.failures = 0
             self._settle(key, entry, retry_in=None)
             return
@@ -305,10 +312,14 @@ class LocalQueue:
             maximum=self._backoff_max,
             jitter=self._backoff_jitter,
         )
-        logger.warning(
-            "Sync failed, retrying",
-            exc_info=exc,
-            extra={"action": "sync_failed", "retry_in": delay, **extra},
+        # An expected failure was logged as one line where it happened (the reconciler's
+        # sync_failed); the retry itself is routine.
+        expected = isinstance(exc, PortfolioSyncError)
+        logger.log(
+            logging.INFO if expected else logging.WARNING,
+            "sync will be retried",
+            exc_info=None if expected else exc,
+            extra={"action": "sync_retry_scheduled", "retry_in": round(delay, 2), **extra},
         )
         self._settle(key, entry, retry_in=delay)
 
@@ -386,3 +397,8 @@ class LocalQueue:
                 "Queue callback failed",
                 extra={"action": "callback_failed", "callback": name, "key": key},
             )
+
+
+def _describe(exc: BaseException) -> str:
+    """Our errors are one readable line already; others keep their type."""
+    return str(exc) if isinstance(exc, PortfolioSyncError) else repr(exc)

@@ -232,16 +232,19 @@ def postgres_row_install(
 def _install(
     body: str, fn: str, table_sql: str, triggers: tuple[str, str], on_update: str, when: str
 ) -> list[str]:
-    """The function, then (re)created triggers calling it: one AFTER INSERT OR DELETE, one
-    AFTER ``on_update`` (e.g. ``UPDATE OF a, b``) for rows where ``when`` holds."""
+    """The function, then the triggers calling it: one AFTER INSERT OR DELETE, one AFTER
+    ``on_update`` (e.g. ``UPDATE OF a, b``) for rows where ``when`` holds.
+
+    ``CREATE OR REPLACE TRIGGER`` (PostgreSQL 14+) needs only the TRIGGER privilege on the
+    table, where ``DROP TRIGGER`` needs its ownership: on Supabase, ``postgres`` may add
+    triggers to ``storage.objects`` but does not own it (``supabase_storage_admin`` does).
+    """
     write, update = triggers
     return [
         body,
-        f"DROP TRIGGER IF EXISTS {write} ON {table_sql}",
-        f"CREATE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
+        f"CREATE OR REPLACE TRIGGER {write} AFTER INSERT OR DELETE ON {table_sql} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
-        f"DROP TRIGGER IF EXISTS {update} ON {table_sql}",
-        f"CREATE TRIGGER {update} AFTER {on_update} ON {table_sql} FOR EACH ROW "
+        f"CREATE OR REPLACE TRIGGER {update} AFTER {on_update} ON {table_sql} FOR EACH ROW "
         f"WHEN ({when}) EXECUTE FUNCTION {fn}()",
     ]
 
@@ -327,7 +330,14 @@ def postgres_objects_install(
     )
 
 
-def postgres_uninstall(*, function: str, triggers: Sequence[str], table_sql: str) -> list[str]:
+def postgres_uninstall(
+    *, function: str, triggers: Sequence[str], table_sql: str, owned: bool = True
+) -> list[str]:
+    """Drop the triggers, then their function. On a table the role does not own
+    (``owned=False``: ``storage.objects`` on Supabase), ``DROP TRIGGER`` is refused; dropping
+    our own function with CASCADE removes the triggers that call it, and only those."""
+    if not owned:
+        return [f"DROP FUNCTION IF EXISTS {function}() CASCADE"]
     return [
         *(f"DROP TRIGGER IF EXISTS {name} ON {table_sql}" for name in triggers),
         f"DROP FUNCTION IF EXISTS {function}()",

@@ -40,12 +40,34 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class LastPass(BaseModel):
+    outcome: Annotated[
+        Literal["ok", "errors", "aborted"],
+        Field(
+            description="ok; errors (completed, some keys failed); aborted (nothing after "
+            "the failure was written: storage or database down, or the mass-deletion guard)."
+        ),
+    ]
+    reason: Annotated[str | None, Field(description="Why it was aborted.")]
+    finished_at: datetime
+    consecutive_failures: Annotated[
+        int, Field(description="Passes not ok since the last one that was.")
+    ]
+
+
 class Ready(BaseModel):
     status: Literal["ok", "degraded", "unavailable"]
     checks: Annotated[
         dict[str, str],
         Field(description='"ok" or the problem: per backend, background source, held writes.'),
     ]
+    last_full_pass: Annotated[
+        LastPass | None,
+        Field(
+            description="The last full pass, failed or not; null before the first. A "
+            "failed pass does not make the service unready: `checks` say whether it can work."
+        ),
+    ] = None
 
 
 class Held(BaseModel):
@@ -262,7 +284,14 @@ def create_app(
         status: Literal["ok", "degraded", "unavailable"] = (
             "ok" if not failing else "degraded" if failing == {"held_writes"} else "unavailable"
         )
-        return Ready(status=status, checks=checks)
+        last: LastPass | None = None
+        if checks.get("database") == "ok":
+            summary = await asyncio.to_thread(runtime.pass_summary)
+            if summary["last"] is not None:
+                last = LastPass.model_validate(
+                    {**summary["last"], "consecutive_failures": summary["consecutive_failures"]}
+                )
+        return Ready(status=status, checks=checks, last_full_pass=last)
 
     @app.get(
         "/metrics",

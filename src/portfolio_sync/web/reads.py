@@ -34,7 +34,11 @@ class Panel:
 
 
 def _last_passes(engine: sa.Engine) -> list[dict[str, Any]]:
-    last = schema.get_meta(engine, "last_full_pass")
+    """Every recorded full pass, failed ones included (`outcome`, `reason`), newest first."""
+    passes = schema.recent_passes(engine, PANEL_ROWS)
+    if passes:
+        return [{**p, "at": p["finished_at"]} for p in passes]
+    last = schema.get_meta(engine, "last_full_pass")  # recorded before passes were kept
     return [last] if last else []
 
 
@@ -73,9 +77,16 @@ def facts(runtime: Runtime) -> dict[str, Any]:
         failing = schema.count_errors(catalog.engine)
         held = schema.count_held(catalog.engine)
         panels = [(panel, panel.read(catalog.engine)) for panel in PANELS]
+        passes = schema.pass_summary(catalog.engine)
     except sa.exc.SQLAlchemyError as exc:
         raise CatalogError(f"cannot read the status tables: {exc}") from exc
-    return {"rows": catalog.count_rows(), "failing": failing, "held": held, "panels": panels}
+    return {
+        "rows": catalog.count_rows(),
+        "failing": failing,
+        "held": held,
+        "panels": panels,
+        "passes": passes,
+    }
 
 
 async def portfolios(runtime: Runtime, keys: list[str]) -> list[dict[str, Any]]:

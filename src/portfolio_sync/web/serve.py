@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from portfolio_sync.config import Settings
+from portfolio_sync.errors import ConfigError
 from portfolio_sync.runtime import Runtime
 from portfolio_sync.wiring import open_service
 
@@ -60,10 +62,42 @@ def run_server(settings: Settings, *, host: str, port: int, watch: bool = True) 
     asyncio.run(serve(settings, host=host, port=port, watch=watch))
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts: a port in use is a
+    configuration error (exit 2) with a hint, not uvicorn's `[Errno 98]` after start-up."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on {host}: {exc.strerror}", hint="fix --host / PORTFOLIO_SYNC_HOST"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use",
+                hint="stop what runs there, or pick another port with --port "
+                "(PORTFOLIO_SYNC_PORT; `make demo PORT=8081`)",
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="pick another --host / --port",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 async def serve(settings: Settings, *, host: str, port: int, watch: bool = True) -> None:
     from portfolio_sync.web.app import create_app
 
-    with open_service(settings) as svc:
+    sock = listen(host, port)
+    with sock, open_service(settings) as svc:
         runtime = Runtime(svc, watch=watch)
         app = create_app(runtime)
         config = uvicorn.Config(
@@ -88,4 +122,4 @@ async def serve(settings: Settings, *, host: str, port: int, watch: bool = True)
                 f"(database {svc.catalog.describe()}, storage {svc.storage.description})",
                 flush=True,
             )
-            await server.serve()
+            await server.serve(sockets=[sock])

@@ -81,7 +81,7 @@ def test_storage_failure_writes_nothing_and_exits_nonzero(
         world.put("1/b.jpg")
         moto_server_private.stop()  # storage goes away mid-test
         proc = run("sync", "--all", env=world.env())
-        assert proc.returncode == 1 and "cannot list" in proc.stderr
+        assert proc.returncode == 1 and "cannot reach" in proc.stderr
         proc = run("sync", "1", "2", env=world.env())
         assert proc.returncode == 1
         assert world.writes() == 5
@@ -115,7 +115,7 @@ def test_config_errors_exit_2_with_reason(tmp_path: Path, world: World) -> None:
     proc = run("--folder", "photos/", "sync", "--all", env=world.env())
     assert proc.returncode == 2 and "{key}" in proc.stderr
     proc = run("sync", "--all", env=world.env(PORTFOLIO_SYNC_TABLE="nope"))
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert run("sync", env=world.env()).returncode == 2  # neither keys nor --all
 
 

@@ -62,7 +62,7 @@ def test_locked_before_wal_is_one_clear_line(tmp_path: Path) -> None:
     env = World(kind="sqlite-folder", database_url="", root=tmp_path).env(
         PORTFOLIO_SYNC_DATABASE_URL=f"sqlite:///{db}?timeout=1"
     )
-    assert "cannot read table" in _sync_while_locked(db, env)
+    assert "reading table" in _sync_while_locked(db, env)
 
 
 def test_connection_killed_during_migrations_is_one_clear_line(tmp_path: Path, pg_url: str) -> None:

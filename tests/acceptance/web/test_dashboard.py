@@ -153,7 +153,7 @@ async def test_page_shows_keys_badges_and_header(demo: Path) -> None:
     assert "not scheduled" in text  # runtime not started
     errors, passes, recent = parsed.tables[1:4]
     assert [r.cells[0] for r in errors[1:]] == ["3"] and errors[1].cells[3].endswith("<timeout>")
-    assert [c.strip() for c in passes[1].cells[1:6]] == ["test", "20", "14", "1", "0"]
+    assert [c.strip() for c in passes[1].cells[1:7]] == ["ok", "test", "20", "14", "1", "0"]
     assert len(recent) > 2 and recent[1].cells[2] == "test"  # history of the fixture's pass
 
 

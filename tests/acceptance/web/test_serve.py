@@ -334,6 +334,8 @@ def test_limits_errors_and_operations(world: World, start: Any) -> None:
     checks = ready.json()["checks"]
     assert ready.json()["status"] == "ok" and set(checks.values()) == {"ok"}
     assert {"database", "storage", "storage_root", "scheduler", "held_writes"} <= set(checks)
+    last = ready.json()["last_full_pass"]  # the catch-up pass at start, once it has run
+    assert last is None or (last["outcome"] == "ok" and last["consecutive_failures"] == 0)
     assert server.client.get("/healthz").json() == {"status": "ok"}
     metrics = server.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
