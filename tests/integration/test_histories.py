@@ -57,10 +57,13 @@ class History:
     keys: list[int] = field(init=False)
     files: dict[int, set[str]] = field(default_factory=dict)
     rows: set[int] = field(default_factory=set)
-    # When each folder last stopped being empty, and when each row was last seen holding
-    # images: a row seen with images after its folder's last empty moment can only be
-    # emptied again from a listing taken after that, which was not empty.
-    empty_until: dict[int, float] = field(default_factory=dict)
+    # The paths each folder had ever held when it last stopped being empty, and when each
+    # row was first seen since (by a read that had ended) holding a path put after that: a
+    # value only a listing taken after the folder's last empty moment can have produced.
+    # A compare-and-set against it was based on a read after that moment, so on a listing
+    # that was not empty: no observation started later may find the row emptied.
+    stale: dict[int, set[str]] = field(default_factory=dict)
+    ever: dict[int, set[str]] = field(default_factory=dict)
     seen_full: dict[int, float] = field(default_factory=dict)
     delayed: list[tuple[int, dict[str, bool]]] = field(default_factory=list)
     last_event: dict[int, dict[str, bool]] = field(default_factory=dict)
@@ -72,6 +75,7 @@ class History:
         base = 10 * (self.seed + 1)
         self.keys = [base + i for i in range(KEYS_PER_HISTORY)]
         self.files = {key: set() for key in self.keys}
+        self.ever = {key: set() for key in self.keys}
 
     # ---- operations ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -97,7 +101,7 @@ class History:
         key = self.rng.choice(self.keys)
         self.serial += 1
         path = f"{key}/img{self.serial}.jpg"
-        self.filling(key)
+        self.filling(key, path)
         await asyncio.to_thread(self.world.put, path)
         self.files[key].add(path)
         await self.event(key, {path: True})
@@ -107,8 +111,8 @@ class History:
         if not self.files[key]:
             return await self.upload()
         path = self.rng.choice(sorted(self.files[key]))
+        self.files[key].discard(path)  # before: the folder may be empty from now on
         await asyncio.to_thread(self.world.delete, path)
-        self.files[key].discard(path)
         await self.event(key, {path: False})
 
     async def move(self) -> None:
@@ -117,11 +121,11 @@ class History:
             return await self.upload()
         path = self.rng.choice(sorted(self.files[source]))
         moved = f"{target}/{path.partition('/')[2]}"
-        self.filling(target)
+        self.filling(target, moved)
         await asyncio.to_thread(self.world.put, moved)
-        await asyncio.to_thread(self.world.delete, path)
-        self.files[source].discard(path)
         self.files[target].add(moved)
+        self.files[source].discard(path)  # before: the folder may be empty from now on
+        await asyncio.to_thread(self.world.delete, path)
         await self.event(target, {moved: True})
         await self.event(source, {path: False})
 
@@ -174,32 +178,43 @@ class History:
     def current(self) -> dict[int, list[str] | None]:
         return rows_of(self.world, self.keys)
 
-    def filling(self, key: int) -> None:
-        """Call before a file lands in ``key``'s folder."""
+    def filling(self, key: int, path: str) -> None:
+        """Call before ``path`` lands in ``key``'s folder."""
         if not self.files[key]:
-            self.empty_until[key] = time.monotonic()
+            self.stale[key] = set(self.ever[key])
+            self.seen_full.pop(key, None)
+        self.ever[key].add(path)
 
     def sample(
-        self, rows: dict[int, list[str] | None] | None = None, read_at: float | None = None
+        self,
+        rows: dict[int, list[str] | None] | None = None,
+        read: tuple[float, float] | None = None,
     ) -> None:
         """Check one observation of this history's rows: read now, or ``rows`` as read
-        starting at ``read_at`` (the start, so an operation running meanwhile is never
-        taken to come before the observation)."""
+        between the two times of ``read``.
+
+        Observations are ordered by those times, never by when they are checked: the
+        sampler's read may have started before a read of ``run`` that is checked first,
+        and then the row it found empty may well have been written full in between.
+        """
         if rows is None:
-            read_at = time.monotonic()
+            started = time.monotonic()
             rows = self.current()
-        assert read_at is not None
-        now = read_at
+            read = (started, time.monotonic())
+        assert read is not None
+        started, ended = read
         for key, images in rows.items():
-            # Only a value a sync derived from a listing counts: a foreign write is not
-            # evidence of any listing, and a stale pass may replace it from an older one.
-            if images and not any(FOREIGN in path for path in images):
-                self.seen_full[key] = now
+            # Only a value no listing from before the last empty moment can have produced
+            # counts: not a foreign write (evidence of no listing), nor a stale value that
+            # a listing of the empty folder may rightly replace with [].
+            if images and set(images) - self.stale.get(key, set()) - {f"{key}/{FOREIGN}.jpg"}:
+                self.seen_full.setdefault(key, ended)
             elif images == [] and self.files[key]:
-                full, empty = self.seen_full.get(key), self.empty_until.get(key, 0.0)
-                assert full is None or full <= empty, (
+                full = self.seen_full.get(key)
+                assert full is None or full > started, (
                     f"seed {self.seed}: row {key} seen emptied, its folder not empty since "
-                    f"the row was seen full; history: {self.log}"
+                    f"the row was seen full (read by {full:.3f}, emptied read from "
+                    f"{started:.3f}); history: {self.log}"
                 )
 
     def converged(self) -> bool:
@@ -233,10 +248,11 @@ async def sample_while_running(batch: list[History]) -> None:
     world = batch[0].world
     keys = [key for history in batch for key in history.keys]
     while True:
-        read_at = time.monotonic()
+        started = time.monotonic()
         rows = await asyncio.to_thread(rows_of, world, keys)
+        read = (started, time.monotonic())
         for history in batch:
-            history.sample({k: rows[k] for k in history.keys if k in rows}, read_at)
+            history.sample({k: rows[k] for k in history.keys if k in rows}, read)
         await asyncio.sleep(0.01)
 
 
@@ -296,3 +312,27 @@ async def test_random_histories_converge_and_never_wipe(world: World) -> None:
         f"\n[{world.kind}] {len(seeds)} histories, {operations} logged operations, "
         f"0 lost updates; converged p50 {p50:.2f} s, p99 {p99:.2f} s after the last operation"
     )
+
+
+def test_checker_orders_observations_by_read_time() -> None:
+    """The checker's own rule, on hand-made observations of one folder holding a file.
+
+    An empty read that started before a full read ended may have happened first (the
+    sampler's read was running when a read of ``run`` was checked); one started after it
+    ended may not. A stale value that an empty listing may rightly replace counts for
+    nothing: the folder was emptied, then refilled with a new file, and the row still
+    held the old one.
+    """
+    # sample() with rows given touches neither the world nor the runtime
+    history = History(seed=0, world=None, runtime=None)  # type: ignore[arg-type]
+    key = history.keys[0]
+    history.filling(key, f"{key}/old.jpg")
+    history.files[key] = set()  # the old file was deleted: the folder is empty
+    history.filling(key, f"{key}/new.jpg")
+    history.files[key] = {f"{key}/new.jpg"}
+    history.sample({key: [f"{key}/old.jpg"]}, (1.0, 2.0))  # stale: no evidence
+    history.sample({key: []}, (3.0, 4.0))
+    history.sample({key: [f"{key}/new.jpg"]}, (10.0, 11.0))
+    history.sample({key: []}, (9.0, 12.0))  # overlaps: may have come first
+    with pytest.raises(AssertionError, match="seen emptied"):
+        history.sample({key: []}, (11.5, 12.0))
