@@ -270,7 +270,7 @@ def print_history(
     table = Table("at", "trigger", "added", "removed", "ms", title=escape(f"history of {key}"))
     for h in entries:
         removed = "\n".join(h["removed"]) or (
-            f"unreadable value {h['replaced']}" if h.get("replaced") else "-"
+            f"was {json.dumps(h['replaced'], ensure_ascii=False)}" if h.get("replaced") else "-"
         )
         table.add_row(
             str(h["at"])[:19],
