@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,6 @@ import pytest
 from portfolio_sync.backends import schema, storage
 from tests.acceptance.command import SCRIPT
 from tests.integration.world import World
-
-
-@pytest.fixture(params=["sqlite-folder", "postgres-folder"])
-def local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    root = tmp_path / "storage"
-    root.mkdir()
-    if request.param == "sqlite-folder":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    w = World(kind=request.param, database_url=url, root=root)
-    yield w
-    w.close()
 
 
 @pytest.fixture(params=["in-process", "helper"])

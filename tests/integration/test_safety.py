@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from portfolio_sync.backends import schema
 from tests.integration.world import World
@@ -140,20 +137,6 @@ def test_guard_counts_only_rows_that_were_non_empty(world: World) -> None:
 
 
 # ---- local folders only: devices, faults of one folder -------------------------------------
-
-
-@pytest.fixture(params=["sqlite-folder", "postgres-folder"])
-def local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    """A local storage folder, with SQLite or PostgreSQL."""
-    root = tmp_path / "storage"
-    root.mkdir()
-    if request.param == "sqlite-folder":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    w = World(kind=request.param, database_url=url, root=root)
-    yield w
-    w.close()
 
 
 def test_root_on_another_device_is_an_error(tmp_path: Path, local: World) -> None:
